@@ -1,0 +1,147 @@
+"""The raylora command line: one YAML, ``key.path=value`` overrides, one command per stage.
+
+    raylora demo-assets configs/demo.yaml        # sample data + the offline tiny model
+    raylora curate configs/demo.yaml             # Ray Data curation -> curated/manifest.json
+    raylora train configs/demo.yaml adapter.r=16 # Ray Train + DeepSpeed adapter training
+    raylora run configs/demo.yaml                # every stage in order
+
+Exit codes: 0 ok, 1 a stage failed, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pipelines.config import RayloraConfig, dump_config, load_config
+from pipelines.errors import ConfigError, StageError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+STAGES = ("curate", "tune", "train", "register")
+STAGE_SUMMARY = {
+    "curate": "read the sources, filter, dedup, decontaminate, write train/eval Parquet and manifest.json",
+    "tune": "search adapter rank / alpha / learning rate with Ray Tune (ASHA), one Ray Train run per trial",
+    "train": "train the adapter on Ray Train with DeepSpeed ZeRO, eval, checkpoint, log to MLflow",
+    "register": "register the adapter in MLflow and promote it by alias when it beats the champion",
+}
+
+
+def _not_built(name: str) -> int:
+    print(f"raylora {name}: not built yet", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_demo_assets(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    from pipelines.assets import build_demo_assets
+
+    for name, path in build_demo_assets(cfg).items():
+        print(f"{name:>10}  {path}")
+    return EXIT_OK
+
+
+def cmd_curate(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    return _not_built("curate")
+
+
+def cmd_tune(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    return _not_built("tune")
+
+
+def cmd_train(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    return _not_built("train")
+
+
+def cmd_register(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    return _not_built("register")
+
+
+def cmd_run(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    """Every stage in order; a stage that is not built yet says what it will do and is skipped."""
+    code = cmd_demo_assets(cfg, args)
+    for stage in STAGES:
+        if stage == "tune" and args.skip_tune:
+            continue
+        print(f"== {stage}: {STAGE_SUMMARY[stage]}")
+        code = COMMANDS[stage][0](cfg, args)
+        if code == EXIT_USAGE:
+            print(f"   (stage {stage} is not built yet; skipped)")
+        elif code != EXIT_OK:
+            return code
+    return EXIT_OK
+
+
+def cmd_submit(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    return _not_built("submit")
+
+
+def cmd_plan(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    return _not_built("plan")
+
+
+def cmd_bench(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    return _not_built(f"bench {args.what}")
+
+
+def cmd_show_config(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    print(dump_config(cfg), end="")
+    return EXIT_OK
+
+
+Handler = Callable[[RayloraConfig, argparse.Namespace], int]
+COMMANDS: dict[str, tuple[Handler, str]] = {
+    "curate": (cmd_curate, STAGE_SUMMARY["curate"]),
+    "tune": (cmd_tune, STAGE_SUMMARY["tune"]),
+    "train": (cmd_train, STAGE_SUMMARY["train"]),
+    "register": (cmd_register, STAGE_SUMMARY["register"]),
+    "run": (cmd_run, "all stages in order: curate, tune, train, register"),
+    "submit": (cmd_submit, "submit this config as a Ray Job to a running cluster (Ray Jobs API)"),
+    "plan": (cmd_plan, "print the memory plan (params, bytes per GPU by ZeRO stage) as JSON"),
+    "bench": (cmd_bench, "benchmarks: curate | train | all, measured side by side"),
+    "demo-assets": (cmd_demo_assets, "write the sample data and build the offline tiny base model"),
+    "config": (cmd_show_config, "print the fully resolved config (defaults and overrides applied)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raylora",
+        description="Fine-tune LLMs with LoRA / QLoRA / DoRA adapters on Ray.",
+        epilog="Every command takes CONFIG (a YAML file) and any number of key.path=value overrides.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "bench":
+            cmd.add_argument("what", choices=["curate", "train", "all"], help="which benchmark to run")
+        cmd.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/demo.yaml")
+        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. adapter.r=16")
+        if name == "run":
+            cmd.add_argument("--skip-tune", action="store_true", help="train once with the config as given")
+        if name == "plan":
+            cmd.add_argument("--model-config", help="a Hugging Face config.json to plan for, no weights needed")
+            cmd.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory of one GPU")
+            cmd.add_argument("--num-gpus", type=int, default=None, help="defaults to cluster.num_workers")
+        if name == "submit":
+            cmd.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265")
+            cmd.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS[args.command][0]
+    try:
+        cfg = load_config(args.config, args.overrides)
+        return handler(cfg, args)
+    except ConfigError as err:
+        print(f"raylora {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except StageError as err:
+        print(f"raylora {args.command} failed: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

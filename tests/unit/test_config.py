@@ -1,0 +1,139 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import (
+    RayloraConfig,
+    apply_overrides,
+    load_config,
+    parse_override,
+    validate_config,
+)
+from pipelines.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+ALL_YAML = sorted((REPO / "configs").glob("**/*.yaml"))
+ALL_DEEPSPEED_JSON = sorted((REPO / "configs" / "deepspeed").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_yaml_in_configs_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RayloraConfig)
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("#"), f"{path.name} must start with a comment naming the command that runs it"
+    assert "raylora" in path.read_text().split("\n\n")[0], f"{path.name}: the header must show the raylora command"
+
+
+def test_configs_exist():
+    assert (REPO / "configs" / "demo.yaml") in ALL_YAML
+    assert len(ALL_YAML) >= 3
+
+
+@pytest.mark.parametrize("path", ALL_DEEPSPEED_JSON, ids=lambda p: p.name)
+def test_deepspeed_json_files_parse(path):
+    import json
+
+    ds = json.loads(path.read_text())
+    assert ds["zero_optimization"]["stage"] in (0, 1, 2, 3)
+
+
+def test_demo_defaults():
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    assert cfg.model.base == "tiny"
+    assert cfg.adapter.lora_alpha == 2 * cfg.adapter.r
+    assert cfg.tracking_uri.startswith("sqlite:///") and cfg.tracking_uri.endswith("mlflow.db")
+    assert cfg.cluster.address is None
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "value"),
+    [
+        ("adapter.r=16", ["adapter", "r"], 16),
+        ("train.lr=1e-4", ["train", "lr"], 1e-4),
+        ("adapter.use_rslora=true", ["adapter", "use_rslora"], True),
+        ("adapter.target_modules=[q_proj,v_proj]", ["adapter", "target_modules"], ["q_proj", "v_proj"]),
+        ("model.base=meta-llama/Llama-2-7b-hf", ["model", "base"], "meta-llama/Llama-2-7b-hf"),
+        ("tune.max_concurrent_trials=2", ["tune", "max_concurrent_trials"], 2),
+    ],
+)
+def test_parse_override(text, keys, value):
+    assert parse_override(text) == (keys, value)
+
+
+@pytest.mark.parametrize("bad", ["adapter.r", "=3", "adapter..r=3", "a.b=[unclosed"])
+def test_malformed_override_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="override"):
+        parse_override(bad)
+
+
+def test_overrides_apply_and_validate():
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["adapter.r=16", "train.deepspeed.stage=3", "adapter.alpha=8"])
+    assert cfg.adapter.r == 16 and cfg.adapter.lora_alpha == 8
+    assert cfg.train.deepspeed.stage == 3
+
+
+def test_override_does_not_mutate_the_input():
+    raw = {"adapter": {"r": 4}}
+    apply_overrides(raw, ["adapter.r=8"])
+    assert raw == {"adapter": {"r": 4}}
+
+
+def _demo_raw():
+    return yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["curate.bogus=1"], "curate.bogus: unknown key"),
+        (["adapter.rr=3"], "did you mean 'r'"),
+        (["adapter.r=zero"], "adapter.r"),
+        (["adapter.r=0"], "adapter.r"),
+        (["adapter.method=lorax"], "adapter.method"),
+        (["train.deepspeed.stage=5"], "train.deepspeed.stage"),
+        (["adapter.method=qlora", "train.deepspeed.stage=3"], "set adapter.quant.quant_storage=float32"),
+        (["adapter.init=loftq"], "use adapter.method=qlora"),
+        (["adapter.method=dora", "adapter.init=pissa"], "use adapter.init=gaussian"),
+        (["cluster.use_gpu=true"], "cluster.gpus_per_worker"),
+        (["train.precision=fp16"], "fp16 needs GPUs"),
+        (["train.deepspeed.offload_params=true"], "train.deepspeed.stage=3"),
+        (["adapter.target_modules=[]"], "target_modules is empty"),
+        (["run_name=has space"], "run_name"),
+        (["data.sources=[]"], "data.sources"),
+    ],
+)
+def test_bad_configs_name_the_key_and_fix(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config(apply_overrides(_demo_raw(), overrides))
+    assert message in str(err.value)
+
+
+def test_qlora_zero3_with_matching_storage_is_valid():
+    cfg = validate_config(apply_overrides(_demo_raw(), [
+        "adapter.method=qlora", "train.deepspeed.stage=3", "adapter.quant.quant_storage=float32"]))
+    assert cfg.adapter.is_quantized
+
+
+def test_missing_data_section_names_it():
+    with pytest.raises(ConfigError, match="data: required"):
+        validate_config({})
+
+
+def test_missing_or_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: {base: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_config_round_trips_as_a_plain_dict():
+    cfg = load_config(REPO / "configs" / "llama3-8b-qlora.yaml")
+    assert RayloraConfig.model_validate(cfg.model_dump()) == cfg
