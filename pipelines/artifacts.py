@@ -1,0 +1,106 @@
+"""The artifacts that pass between stages: small frozen dataclasses written as JSON next to the data.
+
+Stages never import each other; each reads the artifact of the stage before it:
+curate -> DatasetManifest, tune -> TuneResult, train -> TrainResult, register -> Registration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipelines.errors import StageError
+
+ARTIFACT_VERSION = 1
+A = TypeVar("A", bound="Artifact")
+
+# The canonical record every curated row follows (Parquet schema of train / eval splits):
+#   id: string, source: string, messages: list<struct<role: string, content: string>>
+CANONICAL_COLUMNS = ("id", "source", "messages")
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """JSON round trip shared by every artifact; unknown keys fail loudly rather than vanish."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": type(self).__name__, "version": ARTIFACT_VERSION, **dataclasses.asdict(self)}
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls: type[A], path: str | Path) -> A:
+        path = Path(path)
+        if not path.is_file():
+            raise StageError(f"{cls.__name__} {path} does not exist: run the stage that writes it first")
+        raw = json.loads(path.read_text())
+        kind = raw.pop("kind", None)
+        raw.pop("version", None)
+        if kind != cls.__name__:
+            raise StageError(f"{path} holds a {kind}, not a {cls.__name__}")
+        return cls(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetManifest(Artifact):
+    """What curation wrote: the train / eval Parquet files and the exact accounting of every row."""
+
+    train_paths: list[str]
+    eval_paths: list[str]
+    dropped_paths: list[str]
+    num_read: int
+    num_train: int
+    num_eval: int
+    num_dropped: int
+    dropped_by_reason: dict[str, int]
+    per_source: dict[str, dict[str, int]]  # source -> {"read", "kept", "dropped"}
+    content_hash: str  # sha256 over the kept rows in id order: the data lineage tag
+    config: dict[str, Any]  # the data and curate sections used
+
+    @property
+    def num_kept(self) -> int:
+        return self.num_train + self.num_eval
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult(Artifact):
+    """What training wrote: the final adapter in PEFT format, its metrics and lineage."""
+
+    run_name: str
+    adapter_path: str
+    base_model: str
+    metrics: dict[str, float]
+    checkpoint_path: str | None
+    mlflow_run_id: str | None
+    dataset_hash: str
+    config: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult(Artifact):
+    """What the search wrote: every trial's config and metric, and the best trial's adapter."""
+
+    metric: str
+    mode: str
+    trials: list[dict[str, Any]]
+    best_trial: dict[str, Any]
+    best_train_result: str  # path of the best trial's TrainResult JSON
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration(Artifact):
+    """What registration did: the model version and whether `champion` moved to it."""
+
+    model_name: str
+    version: str
+    aliases: list[str]
+    promoted: bool
+    reason: str
