@@ -2,20 +2,28 @@
 
     from adapters.build import build_model
     built = build_model(cfg.model, cfg.adapter)   # cfg.model.base must be a path or hub id
+
+Methods: ``lora``; ``qlora`` (LoRA on a bitsandbytes 4-bit base); ``dora`` (weight-decomposed LoRA, with
+``quantize_base=true`` on a 4-bit base: QDoRA). Inits: ``gaussian``; ``pissa`` (principal singular vectors of
+the full-precision weight); ``loftq`` (LoRA fitted to the 4-bit quantisation error, QLoRA only).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from pipelines.config import TINY_MODEL, AdapterConfig, ModelConfig
+from pipelines.errors import ConfigError
 
 QV_TARGETS = ["q_proj", "v_proj"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "uint8": torch.uint8}
+PEFT_INIT = {"gaussian": "gaussian", "pissa": "pissa", "loftq": "gaussian"}  # loftq is applied after PEFT: see below
 
 
 @dataclass
@@ -33,7 +41,6 @@ def target_modules(adapter_cfg: AdapterConfig) -> list[str] | str:
 
 
 def peft_config(adapter_cfg: AdapterConfig) -> LoraConfig:
-    init = {"gaussian": "gaussian", "pissa": "pissa", "loftq": "loftq"}[adapter_cfg.init]
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=adapter_cfg.r,
@@ -42,7 +49,7 @@ def peft_config(adapter_cfg: AdapterConfig) -> LoraConfig:
         target_modules=target_modules(adapter_cfg),
         use_rslora=adapter_cfg.use_rslora,
         use_dora=adapter_cfg.method == "dora",
-        init_lora_weights=init,
+        init_lora_weights=PEFT_INIT[adapter_cfg.init],
         modules_to_save=adapter_cfg.modules_to_save or None,
     )
 
@@ -61,8 +68,9 @@ def quantization_config(adapter_cfg: AdapterConfig) -> BitsAndBytesConfig | None
 
 
 def load_base(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> AutoModelForCausalLM:
+    """The base model, every parameter frozen, 4-bit when the adapter config asks for it."""
     if model_cfg.base == TINY_MODEL:
-        raise ValueError("model.base=tiny is a name, not a path: resolve it with pipelines.assets.resolve_base_model")
+        raise ConfigError("model.base=tiny is a name, not a path: resolve it with pipelines.assets.resolve_base_model")
     model = AutoModelForCausalLM.from_pretrained(
         model_cfg.base,
         revision=model_cfg.revision,
@@ -71,33 +79,123 @@ def load_base(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> AutoModelFo
         trust_remote_code=model_cfg.trust_remote_code,
     )
     model.config.use_cache = False
+    model.requires_grad_(False)
+    if adapter_cfg.is_quantized:
+        keep_4bit_layout(model)
     return model
 
 
-def count_params(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total), counting 4-bit packed weights at their logical size as PEFT does."""
-    trainable, total = 0, 0
-    for param in model.parameters():
-        n = param.numel()
-        if param.__class__.__name__ == "Params4bit":
-            n *= 2
-        total += n
-        trainable += n if param.requires_grad else 0
-    return trainable, total
+def keep_4bit_layout(model: torch.nn.Module) -> None:
+    """Keep bitsandbytes' standard 4-bit layout on CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight into a CPU-only layout (and a bf16
+    quant state) at its first no-grad forward in eval mode. Everything that dequantises the weight
+    afterwards (PEFT's DoRA weight norm, merging, LoftQ) then reads garbage, and the eval logits differ
+    from the training ones. Turning the repacking off keeps one layout everywhere, as on GPU.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def check_targets(model: torch.nn.Module, adapter_cfg: AdapterConfig) -> None:
+    """Fail with the model's own linear-layer names when a listed target does not exist in it."""
+    targets = target_modules(adapter_cfg)
+    if isinstance(targets, str):
+        return
+    linear_names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                           if isinstance(module, torch.nn.Linear) and name})
+    module_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    missing = [t for t in targets if t not in module_names]
+    if missing:
+        raise ConfigError(
+            f"adapter.target_modules {missing} are not modules of {model.config.model_type}: "
+            f"pick from its linear layers {linear_names}, or use adapter.target_modules=all-linear"
+        )
+
+
+def count_params(model: PeftModel) -> tuple[int, int]:
+    """(trainable, total) as PEFT counts them: 4-bit weights at logical size, ZeRO-3 shards at full size."""
+    return model.get_nb_trainable_parameters()
+
+
+def local_model_dir(model_cfg: ModelConfig) -> Path:
+    """The base model's directory on disk: the path itself, or the hub cache's snapshot of the id."""
+    if Path(model_cfg.base).is_dir():
+        return Path(model_cfg.base)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_cfg.base, revision=model_cfg.revision, local_files_only=True))
+
+
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({model_dir / f for f in json.loads(index.read_text())["weight_map"].values()})
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise ConfigError(f"adapter.init=loftq reads the full-precision weights from safetensors, and {model_dir} has "
+                      "none: download the model to a local directory (model.base=/path) or use adapter.init=gaussian")
+
+
+@torch.no_grad()
+def loftq_init(model: PeftModel, base_dir: str | Path) -> int:
+    """Fit each LoRA pair to the 4-bit quantisation error of its weight (LoftQ, one iteration); returns #layers.
+
+    For a frozen 4-bit weight Q(W), the residual W - deq(Q(W)) is approximated by its rank-r SVD, so that
+    deq(Q(W)) + scaling * B @ A starts closer to W than the quantised weight alone. PEFT's own
+    ``replace_lora_weights_loftq`` does the same but moves the weights to CUDA unconditionally and ignores
+    the LoRA scaling (exact only when alpha == r), hence this version.
+    """
+    import bitsandbytes as bnb
+    from peft.tuners.lora import Linear4bit
+    from safetensors import safe_open
+
+    files = _safetensors_files(Path(base_dir))
+    handles = [safe_open(str(f), framework="pt") for f in files]
+    key_to_handle = {key: h for h in handles for key in h.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    prefix = "base_model.model."
+    replaced = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        key = name.removeprefix(prefix) + ".weight"
+        weight = key_to_handle[key].get_tensor(key).to(torch.float32)
+        base_weight = module.get_base_layer().weight
+        dequantised = bnb.functional.dequantize_4bit(base_weight.data, base_weight.quant_state).to(torch.float32)
+        u, s, vh = torch.linalg.svd(weight - dequantised, full_matrices=False)
+        r, scaling = module.r["default"], module.scaling["default"]
+        root = s[:r].sqrt()
+        lora_a, lora_b = module.lora_A["default"].weight, module.lora_B["default"].weight
+        lora_b.copy_((u[:, :r] * root) / scaling**0.5)
+        lora_a.copy_((root[:, None] * vh[:r]) / scaling**0.5)
+        replaced += 1
+    if not replaced:
+        raise ConfigError("adapter.init=loftq found no 4-bit LoRA layer: use adapter.method=qlora")
+    return replaced
 
 
 def build_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> BuiltModel:
-    """Load the base frozen (4-bit for QLoRA), apply the adapter, set up gradient checkpointing."""
+    """Load the base frozen (4-bit for QLoRA / QDoRA), apply the adapter, set up gradient checkpointing.
+
+    Unlike ``peft.prepare_model_for_kbit_training``, the base's non-4-bit weights are not upcast to float32:
+    ZeRO-3 shards a 4-bit base only when every parameter has one dtype, and the memory planner counts them
+    at ``model.dtype``.
+    """
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.base, revision=model_cfg.revision,
                                               trust_remote_code=model_cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     base = load_base(model_cfg, adapter_cfg)
-    if adapter_cfg.is_quantized:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
-    elif model_cfg.gradient_checkpointing:
+    check_targets(base, adapter_cfg)
+    if model_cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grad inputs
+        base.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need inputs that need grad
     model = get_peft_model(base, peft_config(adapter_cfg))
+    if adapter_cfg.init == "loftq":
+        loftq_init(model, local_model_dir(model_cfg))
     trainable, total = count_params(model)
     return BuiltModel(model=model, tokenizer=tokenizer, trainable_params=trainable, total_params=total)

@@ -1,39 +1,55 @@
 """Save / load adapters in standard PEFT format; never write an empty adapter.
 
-Under DeepSpeed ZeRO-3 every rank holds only a shard of each parameter (a zero-sized tensor
-locally), so the adapter weights are gathered before saving; an adapter whose tensors are empty
-or zero-sized is refused with an error instead of being written silently (a known failure of
-other tools).
+    from adapters.io import save_adapter, load_adapter
+    save_adapter(engine.module, "out/adapter", is_main_process=rank == 0)   # every rank calls it
+    model = load_adapter(base, "out/adapter")                             # = peft.PeftModel.from_pretrained
+
+The files are PEFT's own (``adapter_config.json`` + ``adapter_model.safetensors``), so plain
+``peft.PeftModel.from_pretrained(base, dir)`` loads them. Under DeepSpeed ZeRO-3 every rank holds
+only a shard of each parameter (a zero-sized tensor locally), so the adapter weights are gathered
+before saving; an adapter whose tensors are empty or zero-sized is refused with an error instead
+of being written silently (a known failure of other tools).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import save_file
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+# Parameter-name parts of everything PEFT saves for a LoRA / DoRA adapter.
+ADAPTER_PARAM_TAGS = ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save", "lora_embedding")
 
 
 class EmptyAdapterError(RuntimeError):
     """The adapter state dict is empty or holds zero-sized tensors: it would save nothing."""
 
 
-def _zero3_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if hasattr(p, "ds_id")]
+def zero3_adapter_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The adapter's parameters that DeepSpeed ZeRO-3 has partitioned (they carry a ``ds_id``)."""
+    return [p for name, p in model.named_parameters()
+            if hasattr(p, "ds_id") and (p.requires_grad or any(tag in name for tag in ADAPTER_PARAM_TAGS))]
 
 
-def adapter_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
-    """The adapter's tensors, gathered from every ZeRO-3 shard when the model is partitioned."""
-    sharded = [p for n, p in model.named_parameters() if p.requires_grad and hasattr(p, "ds_id")]
+def adapter_state_dict(model: PeftModel, gather: bool = True) -> dict[str, torch.Tensor]:
+    """The adapter's tensors on CPU, keyed as PEFT saves them; gathered from every ZeRO-3 shard when partitioned.
+
+    Under ZeRO-3 every rank must call this (the gather is a collective). ``gather=False`` exists only to
+    show what a save without the gather would hold: zero-sized shards, which ``check_not_empty`` refuses.
+    """
+    sharded = zero3_adapter_params(model) if gather else []
     if sharded:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(sharded, modifier_rank=None):
             state = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
     else:
-        state = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        state = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
     check_not_empty(state)
     return state
 
@@ -45,18 +61,35 @@ def check_not_empty(state: dict[str, torch.Tensor]) -> None:
     if empty:
         raise EmptyAdapterError(
             f"{len(empty)} of {len(state)} adapter tensors are zero-sized (e.g. {empty[0]}): they are ZeRO-3 shards "
-            "that were not gathered; save through adapters.io.save_adapter, which gathers them"
+            "that were not gathered; save through adapters.io.save_adapter on every rank, which gathers them"
         )
 
 
 def save_adapter(model: PeftModel, out_dir: str | Path, is_main_process: bool = True) -> Path:
-    """Write adapter_config.json + adapter_model.safetensors; every rank must call it under ZeRO-3."""
+    """Write adapter_config.json + adapter_model.safetensors; under ZeRO-3 every rank must call it.
+
+    Only the main process writes; the others take part in the gather and return the same path.
+    """
     out = Path(out_dir)
     state = adapter_state_dict(model)
     if is_main_process:
-        model.save_pretrained(out, state_dict=state, safe_serialization=True)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        config = copy.deepcopy(model.peft_config[model.active_adapter])
+        config.inference_mode = True
+        config.save_pretrained(str(out))
     return out
 
 
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    path = Path(adapter_dir)
+    missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a saved adapter (missing {', '.join(missing)}): "
+                                "pass the directory that adapters.io.save_adapter wrote")
+    return path
+
+
 def load_adapter(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    """The base with the saved adapter on top, exactly as ``peft.PeftModel.from_pretrained`` loads it."""
+    return PeftModel.from_pretrained(base, str(check_adapter_dir(adapter_dir)), is_trainable=trainable)

@@ -72,21 +72,30 @@ class CurateConfig(Section):
 
 
 class QuantConfig(Section):
+    """bitsandbytes 4-bit settings for a quantised base (QLoRA, QDoRA)."""
+
     quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    double_quant: bool = Field(True, description="quantise the quantisation constants too (~0.37 bit/param saved)")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    quant_storage: Literal["uint8", "float32", "bfloat16", "float16"] = "uint8"
+    quant_storage: Literal["uint8", "float32", "bfloat16", "float16"] = Field(
+        "uint8", description="dtype the packed 4-bit weights are stored in; ZeRO-3 needs it equal to compute_dtype"
+    )
 
 
 class AdapterConfig(Section):
+    """Which adapter to put on the frozen base; the rules that need only this section live here."""
+
     method: Literal["lora", "qlora", "dora"] = "lora"
     r: int = Field(8, ge=1)
     alpha: int | None = Field(None, ge=1, description="defaults to 2r")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: Literal["qv", "all-linear"] | list[str] = "all-linear"
-    use_rslora: bool = False
+    target_modules: Literal["qv", "all-linear"] | list[str] = Field(
+        "all-linear", description="module names, or 'qv' (query and value only) or 'all-linear' (every linear "
+        "layer but the LM head)"
+    )
+    use_rslora: bool = Field(False, description="scale by alpha/sqrt(r) instead of alpha/r (rank-stabilised LoRA)")
     init: Literal["gaussian", "pissa", "loftq"] = "gaussian"
-    modules_to_save: list[str] = Field(default_factory=list)
+    modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full, e.g. lm_head")
     quantize_base: bool = Field(False, description="4-bit base under lora/dora (QDoRA); implied by qlora")
     quant: QuantConfig = Field(default_factory=QuantConfig)
 
@@ -104,6 +113,19 @@ class AdapterConfig(Section):
         if isinstance(v, list) and not v:
             raise ValueError("target_modules is empty: list module names, or use 'qv' or 'all-linear'")
         return v
+
+    @model_validator(mode="after")
+    def _adapter_rules(self) -> AdapterConfig:
+        if self.init == "loftq" and not self.is_quantized:
+            raise ValueError("adapter.init=loftq initialises against a quantised base: use adapter.method=qlora")
+        if self.init in ("pissa", "loftq") and self.method == "dora":
+            raise ValueError(f"adapter.init={self.init} is not defined for DoRA: use adapter.init=gaussian")
+        if self.init == "pissa" and self.is_quantized:
+            raise ValueError(
+                "adapter.init=pissa needs the full-precision base weights for its SVD: use adapter.init=loftq "
+                "with a 4-bit base, or adapter.method=lora with adapter.quantize_base=false"
+            )
+        return self
 
 
 class DeepSpeedConfig(Section):
@@ -208,10 +230,12 @@ class RayloraConfig(Section):
                 f"(got quant_storage={quant.quant_storage}, compute_dtype={quant.compute_dtype}): "
                 f"set adapter.quant.quant_storage={quant.compute_dtype}"
             )
-        if self.adapter.init == "loftq" and not self.adapter.is_quantized:
-            raise ValueError("adapter.init=loftq initialises against a quantised base: use adapter.method=qlora")
-        if self.adapter.init in ("pissa", "loftq") and self.adapter.method == "dora":
-            raise ValueError(f"adapter.init={self.adapter.init} is not defined for DoRA: use adapter.init=gaussian")
+        if self.adapter.is_quantized and stage == 3 and quant.compute_dtype != self.model.dtype:
+            raise ValueError(
+                "ZeRO-3 shards a 4-bit base only when every parameter has one dtype: set "
+                f"adapter.quant.compute_dtype={self.model.dtype} and adapter.quant.quant_storage={self.model.dtype} "
+                f"(model.dtype={self.model.dtype}, got compute_dtype={quant.compute_dtype})"
+            )
         if self.cluster.use_gpu and self.cluster.gpus_per_worker == 0:
             raise ValueError("cluster.use_gpu=true needs cluster.gpus_per_worker > 0 (e.g. 1)")
         if not self.cluster.use_gpu and self.train.precision == "fp16":
