@@ -77,7 +77,22 @@ def cmd_submit(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_plan(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    return _not_built("plan")
+    """Print the memory plan as JSON; exit 1 when the configured ZeRO setting does not fit.
+
+        raylora plan configs/demo.yaml --model-config configs/models/llama-2-7b.json --gpu-memory-gib 24
+    """
+    import json
+
+    from adapters.memory import load_hf_config, plan
+    from pipelines.assets import resolve_base_model
+
+    source = args.model_config or resolve_base_model(cfg.model.base)
+    num_gpus = args.num_gpus if args.num_gpus is not None else cfg.cluster.num_workers
+    result = plan(cfg.model, cfg.adapter, cfg.train, load_hf_config(source), num_gpus=num_gpus,
+                  gpu_memory_gib=args.gpu_memory_gib)
+    result["model"]["config_source"] = str(source)
+    print(json.dumps(result, indent=2))
+    return EXIT_OK if result["verdict"] == "fits" else EXIT_FAILURE
 
 
 def cmd_bench(cfg: RayloraConfig, args: argparse.Namespace) -> int:
