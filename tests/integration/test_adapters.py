@@ -1,0 +1,277 @@
+"""LoRA / QLoRA / DoRA on the tiny model: a table of cases, save -> plain PEFT reload, merge, ZeRO-3, memory.
+
+    PYTHONPATH=$PWD python -m pytest tests/integration/test_adapters.py -q
+
+Everything is real: bitsandbytes 4-bit on CPU, PEFT, a DeepSpeed ZeRO-3 engine over gloo.
+"""
+
+import json
+import socket
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from adapters import memory
+from adapters.build import build_model, load_base
+from adapters.io import ADAPTER_FILES, EmptyAdapterError, adapter_state_dict, load_adapter, save_adapter
+from adapters.merge import MERGE_REPORT, merge_adapter, probe_batch
+from pipelines.config import AdapterConfig, ModelConfig, TrainConfig
+from pipelines.errors import ConfigError
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QV = ("q_proj", "v_proj")
+
+# method x targets x rslora x quantisation x init (PEFT's habit: one table drives the adapter tests)
+CASES = {
+    "lora-qv": dict(method="lora", target_modules="qv"),
+    "lora-all-rslora": dict(method="lora", target_modules="all-linear", use_rslora=True, r=4, alpha=16),
+    "lora-list-lm_head": dict(method="lora", target_modules=["q_proj", "o_proj", "down_proj"],
+                              modules_to_save=["lm_head"]),
+    "lora-all-pissa": dict(method="lora", target_modules="all-linear", init="pissa", dropout=0.0),
+    "qlora-qv-nf4": dict(method="qlora", target_modules="qv"),
+    "qlora-all-fp4-rslora": dict(method="qlora", target_modules="all-linear", use_rslora=True,
+                                 quant={"quant_type": "fp4", "double_quant": False}),
+    "qlora-all-loftq": dict(method="qlora", target_modules="all-linear", init="loftq", dropout=0.0),
+    "dora-all": dict(method="dora", target_modules="all-linear"),
+    "dora-qv-rslora": dict(method="dora", target_modules="qv", use_rslora=True),
+    "qdora-all": dict(method="dora", target_modules="all-linear", quantize_base=True),
+}
+
+
+def expected_trainable(base: torch.nn.Module, cfg: AdapterConfig) -> int:
+    """r * (in + out) per adapted linear, + out per layer for DoRA's magnitude, + full copies of modules_to_save."""
+    names = ALL_LINEAR if cfg.target_modules == "all-linear" else QV if cfg.target_modules == "qv" \
+        else tuple(cfg.target_modules)
+    total = 0
+    for name, module in base.named_modules():
+        if name.rsplit(".", 1)[-1] in names:
+            total += cfg.r * (module.in_features + module.out_features)
+            total += module.out_features if cfg.method == "dora" else 0
+        if name.rsplit(".", 1)[-1] in cfg.modules_to_save:
+            total += sum(p.numel() for p in module.parameters())
+    return total
+
+
+@torch.no_grad()
+def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    return model(**batch).logits
+
+
+def train_step(model: torch.nn.Module, input_ids: torch.Tensor) -> float:
+    """One real forward + backward + AdamW step; asserts every trainable tensor got a finite gradient."""
+    model.train()
+    loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    for name, param in trainable.items():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for n, p in trainable.items() if "lora_B" in n)
+    torch.optim.AdamW(trainable.values(), lr=1e-2).step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_adapter_table(case, tiny_model_path, tmp_path):
+    model_cfg, adapter_cfg = ModelConfig(base=str(tiny_model_path)), AdapterConfig(**CASES[case])
+    built = build_model(model_cfg, adapter_cfg)
+    model = built.model
+
+    plain_base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    assert built.trainable_params == expected_trainable(plain_base, adapter_cfg)
+    assert built.total_params == plain_base.num_parameters() + built.trainable_params
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert bool(four_bit) == adapter_cfg.is_quantized
+    if adapter_cfg.is_quantized:
+        assert all(m.weight.quant_type == adapter_cfg.quant.quant_type for m in four_bit)
+
+    input_ids = torch.randint(0, 1000, (4, 32), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(torch.tensor(train_step(model, input_ids)))
+
+    adapter_dir = save_adapter(model, tmp_path / "adapter")
+    assert all((adapter_dir / name).is_file() for name in ADAPTER_FILES)
+    saved = load_file(adapter_dir / "adapter_model.safetensors")
+    magnitudes = [k for k in saved if "lora_magnitude_vector" in k]
+    assert bool(magnitudes) == (adapter_cfg.method == "dora")
+    for key in magnitudes:
+        assert saved[key].ndim == 1 and saved[key].numel() in (64, 128, 384)
+
+    batch = probe_batch(built.tokenizer)
+    trained = logits(model, batch)
+    # plain PEFT on a freshly loaded base (the same 4-bit quantisation when the adapter was trained on one)
+    fresh_base = load_base(model_cfg, adapter_cfg) if adapter_cfg.is_quantized else plain_base
+    reloaded = PeftModel.from_pretrained(fresh_base, str(adapter_dir))
+    torch.testing.assert_close(logits(reloaded, batch), trained, atol=1e-5, rtol=0)
+
+    report = merge_adapter(model_cfg, adapter_cfg, adapter_dir, tmp_path / "merged")
+    assert report.dequantized_base == adapter_cfg.is_quantized
+    assert report.max_logit_diff < 1e-3 * report.max_abs_logit
+    assert json.loads((tmp_path / "merged" / MERGE_REPORT).read_text())["max_logit_diff"] == report.max_logit_diff
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+    torch.testing.assert_close(logits(merged, batch), trained, atol=1e-3 * report.max_abs_logit, rtol=0)
+
+
+def test_adapter_changes_the_model_and_load_adapter_round_trips(tiny_model_path, tmp_path):
+    model_cfg, adapter_cfg = ModelConfig(base=str(tiny_model_path)), AdapterConfig(target_modules="qv")
+    built = build_model(model_cfg, adapter_cfg)
+    batch = probe_batch(built.tokenizer)
+    before = logits(built.model, batch)
+    train_step(built.model, torch.randint(0, 1000, (4, 32), generator=torch.Generator().manual_seed(1)))
+    after = logits(built.model, batch)
+    assert (after - before).abs().max() > 1e-3  # the step did something, so identical reloads mean something
+    save_adapter(built.model, tmp_path / "a")
+    reloaded = load_adapter(load_base(model_cfg, adapter_cfg), tmp_path / "a")
+    torch.testing.assert_close(logits(reloaded, batch), after, atol=1e-5, rtol=0)
+    assert not any(p.requires_grad for p in reloaded.parameters())
+    trainable = load_adapter(load_base(model_cfg, adapter_cfg), tmp_path / "a", trainable=True)
+    assert any(p.requires_grad for p in trainable.parameters())
+    with pytest.raises(FileNotFoundError, match="missing adapter_config.json"):
+        load_adapter(load_base(model_cfg, adapter_cfg), tmp_path)
+
+
+def test_loftq_starts_closer_to_the_full_precision_weights(tiny_model_path):
+    """LoftQ's point: deq(Q(W)) + scaling * B @ A is the best rank-r correction of the quantisation error."""
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    built = build_model(ModelConfig(base=str(tiny_model_path)),
+                        AdapterConfig(method="qlora", init="loftq", target_modules="qv", alpha=32))
+    layer = built.model.base_model.model.model.layers[1].self_attn.q_proj
+    weight = layer.get_base_layer().weight
+    dequantised = bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+    delta = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    target = full.model.layers[1].self_attn.q_proj.weight
+    residual = target - dequantised
+    best_rank_8_error = torch.linalg.svdvals(residual)[8:].norm()  # Eckart-Young: nothing of rank 8 does better
+    with torch.no_grad():
+        assert float((residual - delta).norm()) == pytest.approx(float(best_rank_8_error), rel=1e-3)
+        assert (residual - delta).norm() < 0.9 * residual.norm()
+
+
+def test_gradient_checkpointing_trains_the_adapter(tiny_model_path):
+    built = build_model(ModelConfig(base=str(tiny_model_path), gradient_checkpointing=True),
+                        AdapterConfig(method="qlora", target_modules="qv"))
+    assert built.model.base_model.model.is_gradient_checkpointing
+    train_step(built.model, torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0)))
+
+
+def test_unknown_target_modules_name_the_real_ones(tiny_model_path):
+    with pytest.raises(ConfigError, match=r"pick from its linear layers \[.*'q_proj'"):
+        build_model(ModelConfig(base=str(tiny_model_path)), AdapterConfig(target_modules=["query_key_value"]))
+
+
+def test_empty_adapter_is_refused(tiny_model_path, tmp_path):
+    built = build_model(ModelConfig(base=str(tiny_model_path)), AdapterConfig(target_modules="qv"))
+    for param in built.model.parameters():
+        if "lora_" in param.__class__.__name__ or param.requires_grad:
+            param.data = torch.empty(0)
+    with pytest.raises(EmptyAdapterError, match="zero-sized"):
+        save_adapter(built.model, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def deepspeed_world_of_one(monkeypatch):
+    """torch.distributed over gloo with one rank, as a DeepSpeed launcher would set it up.
+
+    A ZeRO-3 engine replaces torch.nn.functional.linear for the rest of the process (DeepSpeed's
+    memory-efficient linear); it is put back so later tests in this process run plain PyTorch.
+    """
+    import deepspeed
+
+    original_linear = torch.nn.functional.linear
+    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+                           LOCAL_RANK="0").items():
+        monkeypatch.setenv(key, value)
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield deepspeed
+    torch.distributed.destroy_process_group()
+    torch.nn.functional.linear = original_linear
+
+
+@pytest.mark.slow
+def test_zero3_save_gathers_shards_and_refuses_ungathered(deepspeed_world_of_one, tiny_model_path, tmp_path):
+    deepspeed = deepspeed_world_of_one
+    model_cfg, adapter_cfg = ModelConfig(base=str(tiny_model_path)), AdapterConfig(target_modules="qv", dropout=0.0)
+    built = build_model(model_cfg, adapter_cfg)
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "steps_per_print": 10**6,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        # threshold 0: partition every parameter, the small LoRA matrices too (as on a large model)
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+    }
+    engine, *_ = deepspeed.initialize(model=built.model, config=ds_config,
+                                      model_parameters=[p for p in built.model.parameters() if p.requires_grad])
+    input_ids = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
+    engine.backward(engine(input_ids=input_ids, labels=input_ids).loss)
+    engine.step()
+
+    # what a save without the gather would write: zero-sized local shards
+    ungathered = get_peft_model_state_dict(engine.module)
+    assert ungathered and all(t.numel() == 0 for t in ungathered.values())
+    with pytest.raises(EmptyAdapterError, match="ZeRO-3 shards that were not gathered"):
+        adapter_state_dict(engine.module, gather=False)
+
+    adapter_dir = save_adapter(engine.module, tmp_path / "adapter", is_main_process=True)
+    saved = load_file(adapter_dir / "adapter_model.safetensors")
+    assert len(saved) == 2 * 2 * 4  # (A, B) x (q, v) x 4 layers
+    for key, tensor in saved.items():
+        assert tensor.shape in {(8, 128), (128, 8), (64, 8)}, key
+    assert any(t.abs().sum() > 0 for k, t in saved.items() if "lora_B" in k)  # the trained values, not the init
+
+    batch = probe_batch(built.tokenizer)
+    engine.module.eval()
+    with torch.no_grad():
+        sharded_logits = engine(**batch).logits
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), str(adapter_dir))
+    torch.testing.assert_close(logits(reloaded, batch), sharded_logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "gradient_checkpointing"),
+    [(dict(target_modules="qv"), False), (dict(target_modules="all-linear", dropout=0.0), False),
+     (dict(method="dora"), False), (dict(method="qlora"), False), (dict(), True)],
+    ids=["lora-qv", "lora-all", "dora-all", "qlora-all", "lora-all-checkpointed"],
+)
+def test_planned_activations_match_autograds_saved_tensors(tiny_model_path, adapter, gradient_checkpointing):
+    """Exact measurement: the bytes autograd saves in one forward, against the planner's op-by-op count (±15%)."""
+    model_cfg = ModelConfig(base=str(tiny_model_path), gradient_checkpointing=gradient_checkpointing)
+    adapter_cfg = AdapterConfig(**adapter)
+    built = build_model(model_cfg, adapter_cfg)
+    built.model.train()
+    input_ids = torch.randint(0, 1000, (4, 64), generator=torch.Generator().manual_seed(0))
+    measured = memory.saved_activation_bytes(built.model, input_ids)
+    shape = memory.model_shape(memory.load_hf_config(tiny_model_path), adapter_cfg)
+    planned = memory.activation_bytes(shape, 4, 64, 4, adapter_cfg, gradient_checkpointing)["saved_for_backward"]
+    assert planned == pytest.approx(measured, rel=0.15)
+    assert shape.trainable_params == built.trainable_params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gradient_checkpointing", [False, True], ids=["full", "checkpointed"])
+def test_planned_step_memory_matches_measured_peak_rss(tiny_model_path, gradient_checkpointing):
+    """One real training step in a fresh process: the rise of peak RSS against gradients + optimizer + activations.
+
+    Tolerance 20%: the activation estimate is op by op, and the process's RSS also holds allocator slack.
+    """
+    micro_batch, seq_len = 8, 256
+    model_cfg = ModelConfig(base=str(tiny_model_path), max_seq_len=seq_len,
+                            gradient_checkpointing=gradient_checkpointing)
+    adapter_cfg = AdapterConfig(target_modules="all-linear")
+    measured = memory.measure_step_peak_rss(model_cfg, adapter_cfg, micro_batch, seq_len)
+    train_cfg = TrainConfig(micro_batch_size=micro_batch, precision="fp32", deepspeed={"stage": 0})
+    plan = memory.plan(model_cfg, adapter_cfg, train_cfg, memory.load_hf_config(tiny_model_path))
+    planned = sum(plan["bytes"][key] for key in ("gradients", "optimizer_states", "activations"))
+    assert measured["step_peak_delta"] > 50 * 2**20  # large enough to stand out from allocator noise
+    assert planned == pytest.approx(measured["step_peak_delta"], rel=0.20)
+
