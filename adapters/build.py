@@ -91,13 +91,18 @@ def keep_4bit_layout(model: torch.nn.Module) -> None:
     On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight into a CPU-only layout (and a bf16
     quant state) at its first no-grad forward in eval mode. Everything that dequantises the weight
     afterwards (PEFT's DoRA weight norm, merging, LoftQ) then reads garbage, and the eval logits differ
-    from the training ones. Turning the repacking off keeps one layout everywhere, as on GPU.
+    from the training ones. Turning the repacking off keeps one layout everywhere, as on GPU; a weight
+    already repacked is unpacked with bitsandbytes' own inverse (the one its ``Params4bit.cuda`` uses).
     """
     import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
+            weight = module.weight
+            if getattr(weight.quant_state, "packing_format_for_cpu", False):
+                weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
 
 
 def check_targets(model: torch.nn.Module, adapter_cfg: AdapterConfig) -> None:

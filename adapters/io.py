@@ -91,5 +91,12 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
 
 
 def load_adapter(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
-    """The base with the saved adapter on top, exactly as ``peft.PeftModel.from_pretrained`` loads it."""
+    """The base with the saved adapter on top, exactly as ``peft.PeftModel.from_pretrained`` loads it.
+
+    A 4-bit base loaded elsewhere is switched to bitsandbytes' standard layout first (see
+    ``adapters.build.keep_4bit_layout``), so its logits match the ones the adapter was trained with.
+    """
+    from adapters.build import keep_4bit_layout
+
+    keep_4bit_layout(base)
     return PeftModel.from_pretrained(base, str(check_adapter_dir(adapter_dir)), is_trainable=trainable)

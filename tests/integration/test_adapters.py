@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from adapters import memory
-from adapters.build import build_model, load_base
+from adapters.build import build_model, load_base, quantization_config
 from adapters.io import ADAPTER_FILES, EmptyAdapterError, adapter_state_dict, load_adapter, save_adapter
 from adapters.merge import MERGE_REPORT, merge_adapter, probe_batch
 from pipelines.config import AdapterConfig, ModelConfig, TrainConfig
@@ -133,6 +133,32 @@ def test_adapter_changes_the_model_and_load_adapter_round_trips(tiny_model_path,
     assert any(p.requires_grad for p in trainable.parameters())
     with pytest.raises(FileNotFoundError, match="missing adapter_config.json"):
         load_adapter(load_base(model_cfg, adapter_cfg), tmp_path)
+
+
+def test_qdora_adapter_loads_onto_a_4bit_base_that_already_ran(tiny_model_path, tmp_path):
+    """bitsandbytes repacks 4-bit weights for AVX512-BF16 CPUs at the first eval forward, rounding the block
+    scales to bf16; plain PEFT then computes DoRA's weight norms from the repacked bytes. load_adapter unpacks
+    first (best effort: the bf16 scales stay), so the logits land near the trained ones instead of far off."""
+    model_cfg, adapter_cfg = ModelConfig(base=str(tiny_model_path)), AdapterConfig(method="dora", quantize_base=True)
+    built = build_model(model_cfg, adapter_cfg)
+    batch = probe_batch(built.tokenizer)
+    expected = logits(built.model, batch)
+    save_adapter(built.model, tmp_path / "a")
+
+    def base_that_already_ran():
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_path,
+                                                    quantization_config=quantization_config(adapter_cfg))
+        logits(base, batch)
+        return base
+
+    repacked = base_that_already_ran()
+    was_repacked = any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                       for m in repacked.modules() if isinstance(m, bnb.nn.Linear4bit))
+    ours = (logits(load_adapter(repacked, tmp_path / "a"), batch) - expected).abs().max()
+    assert ours < 5e-3 * expected.abs().max()
+    if was_repacked:
+        plain = (logits(PeftModel.from_pretrained(base_that_already_ran(), str(tmp_path / "a")), batch) - expected)
+        assert plain.abs().max() > 100 * ours
 
 
 def test_loftq_starts_closer_to_the_full_precision_weights(tiny_model_path):
