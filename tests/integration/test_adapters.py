@@ -206,29 +206,41 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def deepspeed_world_of_one(monkeypatch):
-    """torch.distributed over gloo with one rank, as a DeepSpeed launcher would set it up.
-
-    A ZeRO-3 engine replaces torch.nn.functional.linear for the rest of the process (DeepSpeed's
-    memory-efficient linear); it is put back so later tests in this process run plain PyTorch.
+@pytest.fixture(scope="module")
+def deepspeed_world_of_one():
+    """torch.distributed over gloo with one rank, as a DeepSpeed launcher would set it up; once per module,
+    because DeepSpeed caches its process groups and cannot be initialised again in the same process.
     """
     import deepspeed
 
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+                               LOCAL_RANK="0").items():
+            env.setenv(key, value)
+        deepspeed.init_distributed(dist_backend="gloo")
+        yield deepspeed
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture
+def zero3(deepspeed_world_of_one):
+    """A ZeRO-3 engine replaces torch.nn.functional.linear for the rest of the process (DeepSpeed's
+    memory-efficient linear); it is put back after each test so later tests run plain PyTorch."""
     original_linear = torch.nn.functional.linear
-    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-                           LOCAL_RANK="0").items():
-        monkeypatch.setenv(key, value)
-    deepspeed.init_distributed(dist_backend="gloo")
-    yield deepspeed
-    torch.distributed.destroy_process_group()
+    yield deepspeed_world_of_one
     torch.nn.functional.linear = original_linear
 
 
 @pytest.mark.slow
-def test_zero3_save_gathers_shards_and_refuses_ungathered(deepspeed_world_of_one, tiny_model_path, tmp_path):
-    deepspeed = deepspeed_world_of_one
-    model_cfg, adapter_cfg = ModelConfig(base=str(tiny_model_path)), AdapterConfig(target_modules="qv", dropout=0.0)
+@pytest.mark.parametrize(
+    "adapter",
+    [dict(method="lora"), dict(method="qlora", quant={"quant_storage": "float32"})],  # storage = compute dtype
+    ids=["lora", "qlora"],
+)
+def test_zero3_save_gathers_shards_and_refuses_ungathered(zero3, tiny_model_path, tmp_path, adapter):
+    deepspeed = zero3
+    model_cfg = ModelConfig(base=str(tiny_model_path))
+    adapter_cfg = AdapterConfig(target_modules="qv", dropout=0.0, **adapter)
     built = build_model(model_cfg, adapter_cfg)
     ds_config = {
         "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "steps_per_print": 10**6,
@@ -259,7 +271,7 @@ def test_zero3_save_gathers_shards_and_refuses_ungathered(deepspeed_world_of_one
     engine.module.eval()
     with torch.no_grad():
         sharded_logits = engine(**batch).logits
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), str(adapter_dir))
+    reloaded = PeftModel.from_pretrained(load_base(model_cfg, adapter_cfg), str(adapter_dir))
     torch.testing.assert_close(logits(reloaded, batch), sharded_logits, atol=1e-5, rtol=0)
 
 
