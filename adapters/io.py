@@ -42,6 +42,7 @@ def adapter_state_dict(model: PeftModel, gather: bool = True) -> dict[str, torch
     Under ZeRO-3 every rank must call this (the gather is a collective). ``gather=False`` exists only to
     show what a save without the gather would hold: zero-sized shards, which ``check_not_empty`` refuses.
     """
+    model = unwrap(model)
     sharded = zero3_adapter_params(model) if gather else []
     if sharded:
         import deepspeed
@@ -65,12 +66,22 @@ def check_not_empty(state: dict[str, torch.Tensor]) -> None:
         )
 
 
+def unwrap(model: torch.nn.Module) -> PeftModel:
+    """The PeftModel inside a DeepSpeed engine or DistributedDataParallel wrapper (or the model itself)."""
+    while not isinstance(model, PeftModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"expected a PEFT model (adapters.build.build_model(...).model), got {type(model).__name__}")
+    return model
+
+
 def save_adapter(model: PeftModel, out_dir: str | Path, is_main_process: bool = True) -> Path:
     """Write adapter_config.json + adapter_model.safetensors; under ZeRO-3 every rank must call it.
 
-    Only the main process writes; the others take part in the gather and return the same path.
+    ``model`` may also be the DeepSpeed engine or DDP wrapper around it. Only the main process writes;
+    the others take part in the gather and return the same path.
     """
-    out = Path(out_dir)
+    model, out = unwrap(model), Path(out_dir)
     state = adapter_state_dict(model)
     if is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
     raylora plan configs/demo.yaml
     raylora plan configs/demo.yaml --model-config configs/models/llama-2-7b.json --gpu-memory-gib 24 --num-gpus 2
+    python -m adapters.memory        # planned vs measured (saved tensors, step peak RSS) on the tiny model
 
 The model is built on PyTorch's meta device from its Hugging Face ``config.json`` (no weights are read) and
 the adapter is applied by PEFT itself, so parameter counts are PEFT's, exactly. Bytes are then counted as:
@@ -35,7 +36,7 @@ import torch
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from adapters.build import peft_config
+from adapters.build import build_model, peft_config
 from pipelines.config import AdapterConfig, ModelConfig, TrainConfig
 from pipelines.errors import ConfigError
 
@@ -323,8 +324,6 @@ def _read_status_kib(field: str) -> int:
 def _step_peak_worker(model_cfg: dict, adapter_cfg: dict, micro_batch: int, seq_len: int, queue) -> None:
     import gc
 
-    from adapters.build import build_model
-
     built = build_model(ModelConfig.model_validate(model_cfg), AdapterConfig.model_validate(adapter_cfg))
     model = built.model
     model.train()
@@ -367,3 +366,49 @@ def measure_step_peak_rss(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, mi
     worker.join()
     result["step_peak_delta"] = result["peak_rss"] - result["rss_before_step"]
     return result
+
+
+TINY_BENCH_CASES = {
+    "lora-qv": (dict(target_modules="qv"), False),
+    "lora-all": (dict(target_modules="all-linear"), False),
+    "dora-all": (dict(method="dora"), False),
+    "qlora-all": (dict(method="qlora"), False),
+    "lora-all-checkpointed": (dict(target_modules="all-linear"), True),
+}
+
+
+def compare_with_measurement(model_dir: str | Path, micro_batch: int = 8, seq_len: int = 256) -> list[dict[str, Any]]:
+    """Planned vs measured on a real model, one row per case: saved activations (exact) and step peak RSS."""
+    hf_config = load_hf_config(model_dir)
+    rows = []
+    for case, (adapter, checkpointing) in TINY_BENCH_CASES.items():
+        model_cfg = ModelConfig(base=str(model_dir), max_seq_len=seq_len, gradient_checkpointing=checkpointing)
+        adapter_cfg = AdapterConfig(**adapter)
+        train_cfg = TrainConfig(micro_batch_size=micro_batch, precision="fp32", deepspeed={"stage": 0})
+        planned = plan(model_cfg, adapter_cfg, train_cfg, hf_config)["bytes"]
+        built = build_model(model_cfg, adapter_cfg)
+        built.model.train()
+        input_ids = torch.randint(0, hf_config.vocab_size, (micro_batch, seq_len))
+        saved = saved_activation_bytes(built.model, input_ids)
+        del built
+        step = measure_step_peak_rss(model_cfg, adapter_cfg, micro_batch, seq_len)
+        planned_step = planned["gradients"] + planned["optimizer_states"] + planned["activations"]
+        rows.append({
+            "case": case, "micro_batch": micro_batch, "seq_len": seq_len,
+            "saved_activations_planned": planned["activation_detail"]["saved_for_backward"],
+            "saved_activations_measured": saved,
+            "saved_ratio": round(planned["activation_detail"]["saved_for_backward"] / saved, 3),
+            "step_peak_planned": planned_step, "step_peak_rss_measured": step["step_peak_delta"],
+            "step_ratio": round(planned_step / step["step_peak_delta"], 3),
+        })
+    return rows
+
+
+if __name__ == "__main__":
+    # python -m adapters.memory [MODEL_DIR]: the planner against measurements on the tiny model (or MODEL_DIR)
+    import sys
+
+    from pipelines.assets import tiny_model_path
+
+    target = sys.argv[1] if len(sys.argv) > 1 else str(tiny_model_path())
+    print(json.dumps(compare_with_measurement(target), indent=2))

@@ -198,6 +198,8 @@ def test_empty_adapter_is_refused(tiny_model_path, tmp_path):
     with pytest.raises(EmptyAdapterError, match="zero-sized"):
         save_adapter(built.model, tmp_path / "a")
     assert not (tmp_path / "a").exists()
+    with pytest.raises(TypeError, match="expected a PEFT model"):
+        save_adapter(built.model.base_model.model, tmp_path / "a")
 
 
 def _free_port() -> int:
@@ -260,7 +262,7 @@ def test_zero3_save_gathers_shards_and_refuses_ungathered(zero3, tiny_model_path
     with pytest.raises(EmptyAdapterError, match="ZeRO-3 shards that were not gathered"):
         adapter_state_dict(engine.module, gather=False)
 
-    adapter_dir = save_adapter(engine.module, tmp_path / "adapter", is_main_process=True)
+    adapter_dir = save_adapter(engine, tmp_path / "adapter", is_main_process=True)  # the engine unwraps
     saved = load_file(adapter_dir / "adapter_model.safetensors")
     assert len(saved) == 2 * 2 * 4  # (A, B) x (q, v) x 4 layers
     for key, tensor in saved.items():
