@@ -315,3 +315,16 @@ def test_planned_step_memory_matches_measured_peak_rss(tiny_model_path, gradient
     assert measured["step_peak_delta"] > 50 * 2**20  # large enough to stand out from allocator noise
     assert planned == pytest.approx(measured["step_peak_delta"], rel=0.20)
 
+
+
+def test_cli_plan_on_the_tiny_model_counts_what_build_model_builds(demo_config_dict, tiny_model_path, tmp_path,
+                                                                   capsys):
+    from pipelines import cli
+
+    path = tmp_path / "demo.yaml"
+    path.write_text(json.dumps(demo_config_dict))
+    assert cli.main(["plan", str(path), "adapter.method=dora", "--gpu-memory-gib", "8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    built = build_model(ModelConfig(base=str(tiny_model_path)), AdapterConfig(method="dora"))
+    assert (out["trainable_params"], out["total_params"]) == (built.trainable_params, built.total_params)
+    assert out["model"]["config_source"] == str(tiny_model_path)
