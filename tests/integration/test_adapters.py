@@ -178,11 +178,27 @@ def test_loftq_starts_closer_to_the_full_precision_weights(tiny_model_path):
         assert (residual - delta).norm() < 0.9 * residual.norm()
 
 
-def test_gradient_checkpointing_trains_the_adapter(tiny_model_path):
-    built = build_model(ModelConfig(base=str(tiny_model_path), gradient_checkpointing=True),
-                        AdapterConfig(method="qlora", target_modules="qv"))
-    assert built.model.base_model.model.is_gradient_checkpointing
-    train_step(built.model, torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0)))
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_gradient_checkpointing_gives_the_same_adapter_gradients(tiny_model_path, method):
+    """Checkpointing a frozen base must still reach the adapter: same gradients as without it."""
+    input_ids = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
+    adapter_cfg = AdapterConfig(method=method, target_modules="qv", dropout=0.0)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same LoRA init both times
+        built = build_model(ModelConfig(base=str(tiny_model_path), gradient_checkpointing=checkpointing), adapter_cfg)
+        assert built.model.base_model.model.is_gradient_checkpointing == checkpointing
+        with torch.no_grad():  # B = 0 at init would leave A without gradient; give both a signal
+            for name, param in built.model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+        built.model.train()
+        built.model(input_ids=input_ids, labels=input_ids).loss.backward()
+        grads.append({n: p.grad for n, p in built.model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 16
+    for name in grads[0]:
+        assert grads[0][name].abs().sum() > 0, name
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-4)
 
 
 def test_unknown_target_modules_name_the_real_ones(tiny_model_path):
