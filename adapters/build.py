@@ -102,7 +102,8 @@ def keep_4bit_layout(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
             weight = module.weight
             if getattr(weight.quant_state, "packing_format_for_cpu", False):
-                weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+                unpacked = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+                weight.data, weight.quant_state = unpacked
 
 
 def check_targets(model: torch.nn.Module, adapter_cfg: AdapterConfig) -> None:

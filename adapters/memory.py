@@ -135,8 +135,8 @@ def trainable_bytes_per_param(precision: str, optimizer: str, momentum: float) -
     return {"weights": weight, "gradients": weight, "optimizer_states": master + states}
 
 
-def activation_bytes(shape: ModelShape, micro_batch: int, seq_len: int, act_dtype_bytes: int, adapter_cfg: AdapterConfig,
-                     gradient_checkpointing: bool) -> dict[str, int]:
+def activation_bytes(shape: ModelShape, micro_batch: int, seq_len: int, act_dtype_bytes: int,
+                     adapter_cfg: AdapterConfig, gradient_checkpointing: bool) -> dict[str, int]:
     """Bytes autograd keeps from one forward pass for backward, op by op (Llama-style decoder, fused attention).
 
     Per layer, with T = micro_batch * seq_len tokens and a = bytes per activation:
@@ -328,7 +328,8 @@ def _step_peak_worker(model_cfg: dict, adapter_cfg: dict, micro_batch: int, seq_
     model = built.model
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    input_ids = torch.randint(0, model.config.vocab_size, (micro_batch, seq_len), generator=torch.Generator().manual_seed(0))
+    seeded = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, model.config.vocab_size, (micro_batch, seq_len), generator=seeded)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark to the current RSS
     before = _read_status_kib("VmRSS") * 1024
