@@ -6,6 +6,8 @@
 Methods: ``lora``; ``qlora`` (LoRA on a bitsandbytes 4-bit base); ``dora`` (weight-decomposed LoRA, with
 ``quantize_base=true`` on a 4-bit base: QDoRA). Inits: ``gaussian``; ``pissa`` (principal singular vectors of
 the full-precision weight); ``loftq`` (LoRA fitted to the 4-bit quantisation error, QLoRA only).
+A PiSSA adapter is saved as PEFT saves it (``init_lora_weights: pissa``): loading it redoes the same SVD on
+the same base, so it reloads exactly; it does not apply to a different base.
 """
 
 from __future__ import annotations
