@@ -145,7 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may also follow the options (`plan CONFIG --num-gpus 4 adapter.r=16`): argparse leaves
+    # those over, and subparsers rule out parse_intermixed_args
+    args, leftover = parser.parse_known_args(argv)
+    stray = [item for item in leftover if item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = [*args.overrides, *leftover]
     handler = COMMANDS[args.command][0]
     try:
         cfg = load_config(args.config, args.overrides)

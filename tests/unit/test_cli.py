@@ -53,3 +53,14 @@ def test_console_script_is_installed():
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2
     assert "curate.bogus" in out.stderr
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["run", DEMO, "--skip-tune", "curate.bogus=1"]) == EXIT_USAGE
+    assert "curate.bogus" in capsys.readouterr().err
+
+
+def test_stray_option_is_a_usage_error():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", DEMO, "--no-such-flag"])
+    assert exit_info.value.code == 2
