@@ -42,7 +42,12 @@ def cmd_demo_assets(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_curate(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    return _not_built("curate")
+    from pipelines.curate import curate
+
+    manifest = curate(cfg)
+    print(f"manifest: {cfg.path(cfg.curate.output_dir, 'manifest.json')} "
+          f"(train {manifest.num_train}, eval {manifest.num_eval}, dropped {manifest.num_dropped})")
+    return EXIT_OK
 
 
 def cmd_tune(cfg: RayloraConfig, args: argparse.Namespace) -> int:
