@@ -14,8 +14,6 @@ import hashlib
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,14 @@ import pyarrow as pa
 
 from pipelines.artifacts import DatasetManifest
 from pipelines.config import CurateConfig, RayloraConfig
-from pipelines.dedup import REASONS, DedupSpec, EvalIndex, build_eval_index, find_duplicates, is_contaminated
+from pipelines.dedup import (
+    DedupSpec,
+    EvalIndex,
+    build_eval_index,
+    is_contaminated,
+    mark_duplicates,
+    shuffle_partitions,
+)
 from pipelines.errors import StageError
 from pipelines.filters import build_filters, first_failure, quality_score
 from pipelines.formats import ROW_SCHEMA, chunk_items, plan_chunks, read_chunk_batch
@@ -74,17 +79,6 @@ def filter_batch(batch: pa.Table, curate: dict, tokenizer: str | None, max_token
         if not reasons[i] and eval_index is not None and is_contaminated(messages, eval_index):
             reasons[i] = CONTAMINATED
     return batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
-
-
-def mark_duplicates(batch: pa.Table) -> pa.Table:
-    """Ray UDF after the left join with the duplicate table: duplicates get their reason and keeper."""
-    kinds = batch.column("dup_kind").to_pylist()
-    keepers = batch.column("dup_of").to_pylist()
-    reasons = [REASONS[k] if k else "" for k in kinds]
-    details = [f"duplicate of {keeper}" if keeper else "" for keeper in keepers]
-    return pa.table({"id": batch.column("id"), "source": batch.column("source"),
-                     "messages": batch.column("messages"), "reason": pa.array(reasons, pa.string()),
-                     "detail": pa.array(details, pa.string())}, schema=ROW_SCHEMA)
 
 
 def add_scores(batch: pa.Table, seed: int) -> pa.Table:
@@ -138,20 +132,6 @@ def _eval_cutoff(scored: Any, num_eval: int) -> int:
     keys = np.concatenate([batch["split_key"] for batch in
                            scored.select_columns(["split_key"]).iter_batches(batch_format="numpy")])
     return int(np.partition(keys, num_eval - 1)[num_eval - 1]) + 1
-
-
-@contextmanager
-def shuffle_partitions(count: int) -> Iterator[None]:
-    """Ray Data defaults to 200 shuffle partitions, far too many tiny tasks for a small cluster."""
-    from ray.data.context import DataContext
-
-    ctx = DataContext.get_current()
-    saved = ctx.default_hash_shuffle_parallelism, ctx.min_parallelism, ctx.max_hash_shuffle_aggregators
-    ctx.default_hash_shuffle_parallelism = ctx.min_parallelism = ctx.max_hash_shuffle_aggregators = count
-    try:
-        yield
-    finally:
-        ctx.default_hash_shuffle_parallelism, ctx.min_parallelism, ctx.max_hash_shuffle_aggregators = saved
 
 
 def _resolve_tokenizer(cfg: RayloraConfig) -> str:
@@ -248,10 +228,7 @@ def _curate(cfg: RayloraConfig, partitions: int, quiet: bool) -> DatasetManifest
                      num_perm=settings.minhash_num_perm, shingle_words=settings.shingle_words)
     deduped_dir = work / "deduped"
     if spec.exact or spec.near:
-        duplicates = find_duplicates(passed, spec, work, partitions)
-        (passed.join(duplicates, join_type="left_outer", num_partitions=partitions, on=("id",))
-         .map_batches(mark_duplicates, batch_format="pyarrow")
-         .write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE))
+        mark_duplicates(passed, spec, work).write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE)
     else:
         passed.write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE)
     deduped = ray.data.read_parquet(str(deduped_dir))

@@ -5,13 +5,13 @@
 Dedup runs across the whole dataset without gathering it into one process:
   1. every kept row emits its bucket keys: one exact key (hash of the normalised conversation) and,
      for near dedup, one key per LSH band of its MinHash signature over word shingles;
-  2. a distributed group-by counts each key and finds its smallest id; keys seen once are done;
-  3. a distributed join of the rows' keys with the shared buckets pairs every row with the smallest id
-     of each bucket it shares; a join with the texts verifies each pair (equal normalised text, or exact
-     shingle Jaccard >= threshold), and a verified row is a duplicate of its smallest verified keeper
+  2. a hash shuffle on the key pairs every row with the smallest id of each bucket it shares;
+  3. a shuffle on the keeper attaches the keeper's text to each pair, and a shuffle on the row id
+     brings each row together with its candidate pairs, which are verified (equal normalised text, or
+     exact shingle Jaccard >= threshold): a verified row is a duplicate of its smallest verified keeper
      (``exact_duplicate`` when the text is equal, else ``near_duplicate``).
-So each cluster keeps its smallest id, deterministically. A chain a~b~c where a and c are not close
-keeps only a; two rows that both share a bucket only with a third, larger row are both kept.
+So each cluster keeps its smallest id, deterministically. In a chain a~b~c where a and c are not close,
+c stays when no bucket pairs it with b as the smallest member; such chains are rare at threshold 0.7.
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from pipelines.filters import words
 
@@ -79,6 +82,7 @@ class MinHasher:
         return np.minimum.reduceat(permuted, starts, axis=0)
 
 
+@lru_cache(maxsize=16)
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band): datasketch's optimum at ``threshold``, weighted to miss few true pairs.
 
@@ -146,58 +150,133 @@ def keys_batch(batch: pa.Table, spec: dict[str, Any]) -> pa.Table:
     return row_keys(ids, conversations, DedupSpec(**spec))
 
 
-def verify_batch(batch: pa.Table, spec: dict[str, Any]) -> pa.Table:
-    """Ray UDF: keep the candidate pairs that really are duplicates (equal text, or shingle Jaccard >= threshold).
-
-    LSH is tuned to miss few pairs, so it also proposes template siblings ("What is 3 + 4?" / "What is
-    3 + 5?"); the exact Jaccard of the two shingle sets decides.
-    """
-    settings = DedupSpec(**spec)
-    keep = []
-    for kind, left, right in zip(batch.column("kind").to_pylist(), batch.column("messages").to_pylist(),
-                                 batch.column("keeper_messages").to_pylist(), strict=True):
-        a, b = json.loads(left), json.loads(right)
-        if kind == EXACT:
-            keep.append(normalised_text(a) == normalised_text(b))
-        else:
-            keep.append(jaccard(shingles(a, settings.shingle_words), shingles(b, settings.shingle_words))
-                        >= settings.threshold)
-    return batch.select(["id", "keeper", "kind"]).filter(pa.array(keep, pa.bool_()))
-
-
 def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
     left, right = set(a), set(b)
     return len(left & right) / len(left | right) if left or right else 1.0
 
 
-def find_duplicates(rows: Any, spec: DedupSpec, work_dir: Path, num_partitions: int) -> Any:
-    """Kept rows (Ray Dataset with id, messages) -> Dataset of (id, dup_kind, dup_of), one row per duplicate.
+def is_duplicate(kind: str, row: Sequence[dict[str, str]], keeper: Sequence[dict[str, str]],
+                 spec: DedupSpec) -> bool:
+    """Verify an LSH candidate: equal normalised text, or exact shingle Jaccard >= threshold.
 
-    Every step is a Ray Data operator (map, hash group-by, hash join); the bucket keys and the
-    candidate pairs are written under ``work_dir`` so that no step is computed twice.
+    LSH is tuned to miss few pairs, so it also proposes template siblings ("What is 3 + 4?" /
+    "What is 3 + 5?"); the exact Jaccard of the two shingle sets decides.
+    """
+    if kind == EXACT:
+        return normalised_text(row) == normalised_text(keeper)
+    return jaccard(shingles(row, spec.shingle_words), shingles(keeper, spec.shingle_words)) >= spec.threshold
+
+
+# The three shuffles below are co-groups: datasets with one schema are unioned, sorted on one column
+# (a range partition: all rows with equal values land in one block, which Ray's own map_groups relies
+# on), and each block is processed whole with vectorised Arrow group-bys instead of one Python call per
+# group. Sorting runs as plain Ray tasks; hash shuffles start actor pools, slow to start on a small cluster.
+PAIR_SCHEMA = pa.schema([("id", pa.string()), ("keeper", pa.string()), ("kind", pa.string())])
+KEEPER_SCHEMA = pa.schema([("on", pa.string()), ("id", pa.string()), ("kind", pa.string()),
+                           ("messages", pa.string())])
+MARK_SCHEMA = pa.schema([("on", pa.string()), ("source", pa.string()), ("messages", pa.string()),
+                         ("reason", pa.string()), ("detail", pa.string()), ("keeper", pa.string()),
+                         ("kind", pa.string()), ("keeper_messages", pa.string())])
+
+
+def bucket_pairs(block: pa.Table) -> pa.Table:
+    """Keys of one partition -> (id, keeper, kind) for every row sharing a bucket with a smaller id."""
+    if block.num_rows == 0:
+        return PAIR_SCHEMA.empty_table()
+    stats = block.group_by("key").aggregate([("id", "count"), ("id", "min")])
+    shared = stats.filter(pa.compute.greater(stats.column("id_count"), 1))
+    if shared.num_rows == 0:
+        return PAIR_SCHEMA.empty_table()
+    joined = block.join(shared.select(["key", "id_min"]), "key", join_type="inner")
+    pairs = joined.filter(pa.compute.not_equal(joined.column("id"), joined.column("id_min")))
+    return pa.table({"id": pairs.column("id"), "keeper": pairs.column("id_min"), "kind": pairs.column("kind")},
+                    schema=PAIR_SCHEMA)
+
+
+def attach_keeper_text(block: pa.Table) -> pa.Table:
+    """One partition of (keeper texts + pairs) on keeper id -> pairs carrying the keeper's messages."""
+    is_text = pa.compute.is_null(block.column("id"))
+    texts = block.filter(is_text).select(["on", "messages"])
+    pairs = block.filter(pa.compute.invert(is_text)).select(["on", "id", "kind"])
+    joined = pairs.join(texts, "on", join_type="inner")
+    return joined.select(["on", "id", "kind", "messages"]).cast(KEEPER_SCHEMA)
+
+
+def mark_block(block: pa.Table, spec: dict[str, Any]) -> pa.Table:
+    """One partition of (rows + their verified-candidate pairs) on id -> the rows with duplicate reasons set."""
+    settings = DedupSpec(**spec)
+    is_row = pa.compute.is_null(block.column("keeper"))
+    rows = block.filter(is_row)
+    candidates: dict[str, set[tuple[str, str, str]]] = {}
+    for row_id, keeper, kind, keeper_messages in zip(
+            *(block.filter(pa.compute.invert(is_row)).column(c).to_pylist()
+              for c in ("on", "keeper", "kind", "keeper_messages")), strict=True):
+        candidates.setdefault(row_id, set()).add((kind, keeper, keeper_messages))  # one pair per band: verify once
+    reasons, details = rows.column("reason").to_pylist(), rows.column("detail").to_pylist()
+    for i, (row_id, messages) in enumerate(zip(rows.column("on").to_pylist(), rows.column("messages").to_pylist(),
+                                               strict=True)):
+        if row_id not in candidates:
+            continue
+        parsed = json.loads(messages)
+        # the exact label wins ("exact" < "near"), then the smallest keeper
+        for kind, keeper, keeper_messages in sorted(candidates[row_id]):
+            if is_duplicate(kind, parsed, json.loads(keeper_messages), settings):
+                reasons[i], details[i] = REASONS[kind], f"duplicate of {keeper}"
+                break
+    return pa.table({"id": rows.column("on"), "source": rows.column("source"), "messages": rows.column("messages"),
+                     "reason": pa.array(reasons, pa.string()), "detail": pa.array(details, pa.string())})
+
+
+def _as(batch: pa.Table, schema: pa.Schema, columns: dict[str, str]) -> pa.Table:
+    """Rename ``columns`` (schema name -> batch name) and fill the rest of ``schema`` with nulls."""
+    return pa.table({name: batch.column(columns[name]) if name in columns else pa.nulls(batch.num_rows, kind)
+                     for name, kind in zip(schema.names, schema.types, strict=True)}, schema=schema)
+
+
+def mark_duplicates(rows: Any, spec: DedupSpec, work_dir: Path) -> Any:
+    """Kept rows (pipeline schema) -> the same rows, duplicates marked ``exact_duplicate`` / ``near_duplicate``.
+
+    Three shuffles on Ray Data: keys by bucket, pairs with keeper texts by keeper, rows with their
+    pairs by id. The bucket keys and pairs are written under ``work_dir`` so nothing is computed twice.
     """
     import ray.data
-    from ray.data.aggregate import Count, Min
 
     keys_path, pairs_path = str(work_dir / "dedup_keys"), str(work_dir / "dedup_pairs")
     rows.map_batches(keys_batch, batch_format="pyarrow", fn_kwargs={"spec": spec.__dict__},
-                     batch_size=2000).write_parquet(keys_path, min_rows_per_file=200_000)
-    keys = ray.data.read_parquet(keys_path)
-    shared = (keys.groupby("key", num_partitions=num_partitions)
-              .aggregate(Count(alias_name="members"), Min("id", alias_name="keeper"))
-              .filter(expr="members > 1").select_columns(["key", "keeper"]))
-    (keys.join(shared, join_type="inner", num_partitions=num_partitions, on=("key",))
-     .filter(expr="id != keeper").select_columns(["id", "keeper", "kind"])
-     .write_parquet(pairs_path, min_rows_per_file=200_000))
-    texts = rows.select_columns(["id", "messages"])
-    keeper_texts = texts.rename_columns({"id": "keeper", "messages": "keeper_messages"})
-    verified = (ray.data.read_parquet(pairs_path)
-                .join(texts, join_type="inner", num_partitions=num_partitions, on=("id",))
-                .join(keeper_texts, join_type="inner", num_partitions=num_partitions, on=("keeper",))
-                .map_batches(verify_batch, batch_format="pyarrow", fn_kwargs={"spec": spec.__dict__}))
-    # a row in several shared buckets: the exact label wins ("exact" < "near"), then the smallest keeper
-    return verified.groupby("id", num_partitions=num_partitions).aggregate(
-        Min("kind", alias_name="dup_kind"), Min("keeper", alias_name="dup_of"))
+                     batch_size=2000).write_parquet(keys_path, min_rows_per_file=500_000)
+    (ray.data.read_parquet(keys_path).sort("key")
+     .map_batches(bucket_pairs, batch_size=None, batch_format="pyarrow")
+     .write_parquet(pairs_path, min_rows_per_file=500_000))
+    pairs = ray.data.read_parquet(pairs_path)
+    keeper_texts = rows.map_batches(_as, batch_format="pyarrow", fn_kwargs={
+        "schema": KEEPER_SCHEMA, "columns": {"on": "id", "messages": "messages"}})
+    pairs_by_keeper = pairs.map_batches(_as, batch_format="pyarrow", fn_kwargs={
+        "schema": KEEPER_SCHEMA, "columns": {"on": "keeper", "id": "id", "kind": "kind"}})
+    with_keeper = (keeper_texts.union(pairs_by_keeper).sort("on")
+                   .map_batches(attach_keeper_text, batch_size=None, batch_format="pyarrow")
+                   .map_batches(_as, batch_format="pyarrow", fn_kwargs={
+                       "schema": MARK_SCHEMA,
+                       "columns": {"on": "id", "keeper": "on", "kind": "kind", "keeper_messages": "messages"}}))
+    own_rows = rows.map_batches(_as, batch_format="pyarrow", fn_kwargs={
+        "schema": MARK_SCHEMA, "columns": {"on": "id", "source": "source", "messages": "messages",
+                                           "reason": "reason", "detail": "detail"}})
+    return (own_rows.union(with_keeper).sort("on")
+            .map_batches(mark_block, batch_size=None, batch_format="pyarrow", fn_kwargs={"spec": spec.__dict__}))
+
+
+@contextmanager
+def shuffle_partitions(count: int) -> Iterator[None]:
+    """Sort-based shuffles with a partition per CPU: Ray Data's default of 200 partitions is far too many
+    tiny tasks on a small cluster, and its hash shuffle starts actor pools that take long to come up."""
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    saved = ctx.min_parallelism, ctx.shuffle_strategy
+    ctx.min_parallelism, ctx.shuffle_strategy = count, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        yield
+    finally:
+        ctx.min_parallelism, ctx.shuffle_strategy = saved
 
 
 # --- decontamination ------------------------------------------------------------------------------

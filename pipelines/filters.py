@@ -126,16 +126,28 @@ def check_length(messages: Messages, count_tokens: Callable[[str], int], max_tok
 
 @lru_cache(maxsize=1)
 def _language_identifier() -> Any:
-    """langid's bundled model (offline), with probabilities normalised so a confidence bar means something."""
+    """langid's bundled model (offline)."""
     from langid.langid import LanguageIdentifier, model
 
     return LanguageIdentifier.from_modelstring(model, norm_probs=True)
 
 
 def identify_language(text: str) -> tuple[str, float]:
-    """(ISO 639-1 code, probability) by langid."""
-    lang, prob = _language_identifier().classify(text)
-    return lang, float(prob)
+    """(ISO 639-1 code, probability) by langid's model.
+
+    langid multiplies a dense 7480-feature vector by its (7480 x 97) table; a short text has a few
+    dozen non-zero features, so the same product over those rows only is ~60x faster. The
+    probabilities are normalised over the languages (langid's ``norm_probs``).
+    """
+    import numpy as np
+
+    identifier = _language_identifier()
+    features = identifier.instance2fv(text)
+    present = np.flatnonzero(features)
+    log_probs = features[present] @ identifier.nb_ptc[present] + identifier.nb_pc
+    best = int(log_probs.argmax())
+    probs = np.exp(log_probs - log_probs[best])
+    return identifier.nb_classes[best], float(1.0 / probs.sum())
 
 
 def check_language(messages: Messages, allowed: Sequence[str], min_letters: int, min_confidence: float,
