@@ -28,6 +28,7 @@ from pipelines.dedup import (
     build_eval_index,
     is_contaminated,
     mark_duplicates,
+    read_parquet_dir,
     shuffle_partitions,
 )
 from pipelines.errors import StageError
@@ -220,7 +221,7 @@ def _curate(cfg: RayloraConfig, partitions: int, quiet: bool) -> DatasetManifest
                   fn_kwargs={"curate": settings.model_dump(), "tokenizer": _resolve_tokenizer(cfg),
                              "max_tokens": max_tokens, "eval_index": eval_index})
      .write_parquet(str(rows_dir), min_rows_per_file=ROWS_PER_FILE))
-    rows = ray.data.read_parquet(str(rows_dir))
+    rows = read_parquet_dir(rows_dir, ROW_SCHEMA)
     passed = rows.filter(expr="reason == ''")
 
     # 2. dedup across the whole dataset
@@ -231,7 +232,7 @@ def _curate(cfg: RayloraConfig, partitions: int, quiet: bool) -> DatasetManifest
         mark_duplicates(passed, spec, work).write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE)
     else:
         passed.write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE)
-    deduped = ray.data.read_parquet(str(deduped_dir))
+    deduped = read_parquet_dir(deduped_dir, ROW_SCHEMA)
     unique = deduped.filter(expr="reason == ''")
 
     # 3. optional LIMA-style selection, then a deterministic train / eval split

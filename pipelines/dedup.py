@@ -233,21 +233,27 @@ def _as(batch: pa.Table, schema: pa.Schema, columns: dict[str, str]) -> pa.Table
                      for name, kind in zip(schema.names, schema.types, strict=True)}, schema=schema)
 
 
+def read_parquet_dir(path: str | Path, schema: pa.Schema) -> Any:
+    """The Parquet files a Ray write left in ``path``; an empty dataset of ``schema`` when it wrote none."""
+    import ray.data
+
+    return ray.data.read_parquet(str(path)) if any(Path(path).glob("*.parquet")) else \
+        ray.data.from_arrow(schema.empty_table())
+
+
 def mark_duplicates(rows: Any, spec: DedupSpec, work_dir: Path) -> Any:
     """Kept rows (pipeline schema) -> the same rows, duplicates marked ``exact_duplicate`` / ``near_duplicate``.
 
     Three shuffles on Ray Data: keys by bucket, pairs with keeper texts by keeper, rows with their
     pairs by id. The bucket keys and pairs are written under ``work_dir`` so nothing is computed twice.
     """
-    import ray.data
-
     keys_path, pairs_path = str(work_dir / "dedup_keys"), str(work_dir / "dedup_pairs")
     rows.map_batches(keys_batch, batch_format="pyarrow", fn_kwargs={"spec": spec.__dict__},
                      batch_size=2000).write_parquet(keys_path, min_rows_per_file=500_000)
-    (ray.data.read_parquet(keys_path).sort("key")
+    (read_parquet_dir(keys_path, KEY_SCHEMA).sort("key")
      .map_batches(bucket_pairs, batch_size=None, batch_format="pyarrow")
      .write_parquet(pairs_path, min_rows_per_file=500_000))
-    pairs = ray.data.read_parquet(pairs_path)
+    pairs = read_parquet_dir(pairs_path, PAIR_SCHEMA)
     keeper_texts = rows.map_batches(_as, batch_format="pyarrow", fn_kwargs={
         "schema": KEEPER_SCHEMA, "columns": {"on": "id", "messages": "messages"}})
     pairs_by_keeper = pairs.map_batches(_as, batch_format="pyarrow", fn_kwargs={
