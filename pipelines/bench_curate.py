@@ -189,12 +189,13 @@ def plain_loop_curate(cfg: RayloraConfig) -> dict[str, int]:
     # near dedup: datasketch MinHash, banded as in the Ray pipeline; in id order, the first id seen in a
     # bucket is its smallest, and a row is a duplicate when it verifies against one of its buckets' firsts
     bands, rows_per_band = lsh_bands(settings.near_dedup_threshold, settings.minhash_num_perm)
-    permutations = MinHash(num_perm=settings.minhash_num_perm).permutations  # made once, as a careful script would
+    template = MinHash(num_perm=settings.minhash_num_perm)  # permutations made once, as a careful script would
     first_in_bucket: dict[bytes, str] = {}
     row_shingles: dict[str, list[str]] = {}
     for row_id in sorted(kept):
         row_shingles[row_id] = shingles(kept[row_id]["parsed"], settings.shingle_words)
-        minhash = MinHash(num_perm=settings.minhash_num_perm, permutations=permutations)
+        minhash = MinHash(num_perm=settings.minhash_num_perm, permutations=template.permutations,
+                          scheme=template.scheme)
         minhash.update_batch([s.encode() for s in row_shingles[row_id]])
         keepers = set()
         for band in range(bands):
