@@ -1,7 +1,6 @@
 """Curation benchmark: quality on the labelled sample data, throughput and memory at scale.
 
-    raylora bench curate configs/demo.yaml                 # quality table + 50k / 200k rows
-    raylora bench curate configs/demo.yaml bench.rows=20000  (not a config key: see run_bench's arguments)
+    raylora bench curate configs/demo.yaml      # quality table, then 50k and 200k rows (about 15 min on 2 cores)
 
 1. Quality: curate the sample data (planted defects, labels.jsonl) and print, per kind, how many rows
    were dropped (recall) and how many clean rows were kept; duplicate groups must keep exactly one row.

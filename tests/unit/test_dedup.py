@@ -13,6 +13,7 @@ from pipelines.dedup import (
     build_eval_index,
     eval_item_words,
     exact_key,
+    farthest_point_ids,
     is_contaminated,
     jaccard,
     lsh_bands,
@@ -109,3 +110,9 @@ def test_short_eval_items_match_whole_long_ones_by_ngram(tmp_path):
 def test_eval_words_skip_the_system_turn():
     assert eval_item_words(chat("What is 3 + 4?", "7", system="Be brief.")) == ["what", "is", "3", "4", "7"]
     assert len(EvalIndex(8)) == 0
+
+
+def test_farthest_point_selection_spreads_out():
+    vectors = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert farthest_point_ids(["a", "b", "c", "d"], vectors, 3) == ["a", "d", "c"]
