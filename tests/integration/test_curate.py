@@ -83,10 +83,18 @@ def test_a_source_that_cannot_be_opened_fails_the_job_naming_it(ray_local, demo_
     assert str(missing) in capsys.readouterr().err
 
 
-def test_top_k_keeps_the_best_rows(ray_local, demo_config_dict, tmp_path):
+def _head(path, lines, tmp_path):
+    """The first ``lines`` lines of a sample file: selection tests need rows, not the whole set."""
+    head = tmp_path / f"head-{path.name}"
+    head.write_bytes(b"\n".join(path.read_bytes().split(b"\n")[:lines]) + b"\n")
+    return str(head)
+
+
+def test_top_k_keeps_the_best_rows(ray_local, demo_config_dict, sample_data, tmp_path):
     demo_config_dict["curate"].update({"quality_top_k": 50, "near_dedup_threshold": None})
     demo_config_dict["data"]["eval_size"] = 5
-    demo_config_dict["data"]["sources"] = demo_config_dict["data"]["sources"][2:]  # openai: the multi-turn rows
+    # openai rows: about one in five is multi-turn
+    demo_config_dict["data"]["sources"] = [{"path": _head(sample_data["openai"], 300, tmp_path)}]
     manifest = curate(validate_config(demo_config_dict), quiet=True)
     assert (manifest.num_train, manifest.num_eval) == (45, 5)
     assert manifest.dropped_by_reason["below_top_k"] > 0
@@ -95,9 +103,9 @@ def test_top_k_keeps_the_best_rows(ray_local, demo_config_dict, tmp_path):
 
 
 @pytest.mark.slow
-def test_diversity_selection_with_the_bundled_embedding_model(ray_local, demo_config_dict, tmp_path):
+def test_diversity_selection_with_the_bundled_embedding_model(ray_local, demo_config_dict, sample_data, tmp_path):
     demo_config_dict["curate"].update({"diversity_select": 30, "near_dedup_threshold": None})
-    demo_config_dict["data"]["sources"] = demo_config_dict["data"]["sources"][:1]
+    demo_config_dict["data"]["sources"] = [{"path": _head(sample_data["alpaca"], 80, tmp_path)}]
     manifest = curate(validate_config(demo_config_dict), quiet=True)
     assert manifest.num_kept == 30
     assert manifest.dropped_by_reason["not_diverse"] == manifest.num_read - 30 - sum(
