@@ -150,7 +150,9 @@ def _count_batch(batch: pa.Table, keys: list[str]) -> pa.Table:
 def _counts(ds: Any, keys: list[str]) -> dict[tuple[str, ...], int]:
     """Row counts per key combination: each Ray task counts its blocks, only the small tables come back."""
     totals: Counter[tuple[str, ...]] = Counter()
-    for row in ds.map_batches(_count_batch, batch_format="pyarrow", fn_kwargs={"keys": keys}).take_all():
+    # selecting the key columns first lets the Parquet reader skip the message text
+    for row in ds.select_columns(keys).map_batches(_count_batch, batch_format="pyarrow",
+                                                   fn_kwargs={"keys": keys}).take_all():
         totals[tuple(row[k] for k in keys)] += row["rows"]
     return dict(totals)
 
@@ -158,7 +160,8 @@ def _counts(ds: Any, keys: list[str]) -> dict[tuple[str, ...], int]:
 def _content_hash(kept: Any) -> str:
     """sha256 over (id, messages) of the kept rows in id order, streamed to the driver a batch at a time."""
     digest = hashlib.sha256()
-    for batch in kept.sort("id").iter_batches(batch_format="pyarrow", batch_size=4096):
+    for batch in kept.select_columns(["id", "messages"]).sort("id").iter_batches(batch_format="pyarrow",
+                                                                                 batch_size=4096):
         for row_id, messages in zip(batch.column("id").to_pylist(), batch.column("messages").to_pylist(),
                                     strict=True):
             digest.update(row_id.encode("utf-8", "surrogatepass") + b"\0")
