@@ -198,10 +198,10 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False) -> DatasetManifest:
     ensure_ray(cfg)
     partitions = max(1, int(ray.cluster_resources().get("CPU", 1)))
     with shuffle_partitions(partitions):
-        return _curate(cfg, partitions, quiet)
+        return _curate(cfg, quiet)
 
 
-def _curate(cfg: RayloraConfig, partitions: int, quiet: bool) -> DatasetManifest:
+def _curate(cfg: RayloraConfig, quiet: bool) -> DatasetManifest:
     import ray.data
 
     settings = cfg.curate

@@ -356,7 +356,3 @@ def read_chunk_batch(batch: dict[str, Any]) -> Iterator[pa.Table]:
 def chunk_items(chunks: list[ReadChunk]) -> list[dict[str, str]]:
     """Chunks as plain rows for ``ray.data.from_items`` (only plain data crosses Ray boundaries)."""
     return [{"chunk": json.dumps(asdict(chunk))} for chunk in chunks]
-
-
-def messages_of(row_messages: str) -> list[dict[str, str]]:
-    return json.loads(row_messages)
