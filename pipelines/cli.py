@@ -42,7 +42,12 @@ def cmd_demo_assets(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_curate(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    return _not_built("curate")
+    from pipelines.curate import curate
+
+    manifest = curate(cfg)
+    print(f"manifest: {cfg.path(cfg.curate.output_dir, 'manifest.json')} "
+          f"(train {manifest.num_train}, eval {manifest.num_eval}, dropped {manifest.num_dropped})")
+    return EXIT_OK
 
 
 def cmd_tune(cfg: RayloraConfig, args: argparse.Namespace) -> int:
@@ -96,7 +101,17 @@ def cmd_plan(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    return _not_built(f"bench {args.what}")
+    """Each stage's benchmark; ``all`` runs every one that is built."""
+    if args.what in ("curate", "all"):
+        from pipelines.bench_curate import run_bench
+
+        run_bench(cfg)
+    if args.what in ("train", "all"):
+        # the train stage's benchmark goes here
+        code = _not_built("bench train")
+        if args.what == "train":
+            return code
+    return EXIT_OK
 
 
 def cmd_show_config(cfg: RayloraConfig, args: argparse.Namespace) -> int:

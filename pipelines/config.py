@@ -56,19 +56,24 @@ class DataConfig(Section):
 class CurateConfig(Section):
     output_dir: str = "curated"
     min_answer_chars: int = Field(1, ge=0)
-    min_answer_ratio: float = Field(0.0, ge=0.0, description="answer chars / prompt chars below this is too short")
+    min_answer_ratio: float = Field(0.05, ge=0.0, description="answer chars / prompt chars below this is too short")
+    short_answer_min_prompt_words: int = Field(
+        30, ge=1, description="only prompts this long are judged by min_answer_ratio ('7' answers 'What is 3 + 4?')")
     max_tokens: int | None = Field(None, gt=0, description="over-long cut-off; defaults to model.max_seq_len")
     drop_refusals: bool = True
     max_repeated_ngram_fraction: float = Field(0.3, gt=0.0, le=1.0)
     max_repeated_line_fraction: float = Field(0.3, gt=0.0, le=1.0)
     languages: list[str] = Field(default_factory=lambda: ["en"], description="ISO 639-1 allow-list; [] keeps all")
+    language_min_letters: int = Field(60, ge=0, description="shorter texts are not judged: language id is noise there")
+    language_min_confidence: float = Field(0.9, gt=0.0, le=1.0)
     exact_dedup: bool = True
-    near_dedup_threshold: float | None = Field(0.8, gt=0.0, le=1.0, description="Jaccard; null turns it off")
+    near_dedup_threshold: float | None = Field(0.7, gt=0.0, le=1.0, description="Jaccard; null turns it off")
     minhash_num_perm: int = Field(128, ge=16)
     shingle_words: int = Field(3, ge=1)
     decontaminate_ngram: int | None = Field(8, ge=3, description="n-gram length; null turns it off")
-    quality_top_k: int | None = Field(None, ge=1)
+    quality_top_k: int | None = Field(None, ge=1, description="keep the k best rows by quality score")
     diversity_select: int | None = Field(None, ge=1, description="keep this many rows chosen for embedding diversity")
+    embedding_model: str | None = Field(None, description="sentence-transformers path; defaults to the bundled MiniLM")
 
 
 class QuantConfig(Section):

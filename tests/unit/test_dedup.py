@@ -1,0 +1,118 @@
+"""MinHash, LSH buckets, verified duplicate finding on Ray Data, and decontamination."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines.dedup import (
+    DedupSpec,
+    EvalIndex,
+    MinHasher,
+    band_keys,
+    build_eval_index,
+    eval_item_words,
+    exact_key,
+    farthest_point_ids,
+    is_contaminated,
+    jaccard,
+    lsh_bands,
+    mark_duplicates,
+    shingles,
+    shuffle_partitions,
+)
+
+
+def chat(question, answer, system=None):
+    turns = [{"role": "system", "content": system}] if system else []
+    return [*turns, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def test_exact_key_ignores_case_and_spacing_but_not_roles():
+    assert exact_key(chat("What is 3 + 4?", "7")) == exact_key(chat("what  is 3 + 4?", "7 "))
+    assert exact_key(chat("What is 3 + 4?", "7")) != exact_key(chat("What is 3 + 4?", "8"))
+
+
+def test_shingles():
+    assert shingles(chat("a b", "c"), 3) == ["a b c"]
+    assert shingles(chat("a b c", "d"), 3) == ["a b c", "b c d"]
+
+
+def test_minhash_estimates_jaccard():
+    rng = np.random.default_rng(0)
+    base = [f"w{i}" for i in rng.integers(0, 10_000, 200)]
+    close = base[:180] + [f"x{i}" for i in range(20)]
+    far = [f"y{i}" for i in range(200)]
+    sigs = MinHasher(256).signatures([base, close, far])
+    estimate = (sigs[0] == sigs[1]).mean()
+    assert estimate == pytest.approx(jaccard(base, close), abs=0.08)
+    assert (sigs[0] == sigs[2]).mean() < 0.05
+
+
+def test_band_keys_collide_for_equal_signatures_only_per_band():
+    sigs = MinHasher(128).signatures([["a b c"], ["a b c"], ["d e f"]])
+    keys = band_keys(sigs, *lsh_bands(0.7, 128))
+    assert (keys[0] == keys[1]).all() and not (keys[0] == keys[2]).any()
+    assert len(set(keys[0])) == keys.shape[1]  # band index is salted in: bands never share a key
+
+
+def test_lsh_is_tuned_to_miss_few_pairs_at_the_threshold():
+    bands, rows = lsh_bands(0.7, 128)
+    assert 1 - (1 - 0.75 ** rows) ** bands > 0.95
+
+
+def _duplicates(ray, conversations, spec, work_dir):
+    rows = ray.data.from_items([{"id": i, "source": "s", "messages": json.dumps(m), "reason": "", "detail": ""}
+                                for i, m in conversations.items()])
+    with shuffle_partitions(2):
+        marked = mark_duplicates(rows, spec, work_dir).take_all()
+    assert sorted(r["id"] for r in marked) == sorted(conversations)  # every row comes back once
+    return {r["id"]: (r["reason"], r["detail"]) for r in marked if r["reason"]}
+
+
+def test_find_duplicates_on_ray_keeps_the_smallest_id(ray_local, tmp_path):
+    system = "You are a precise assistant. Answer with the result only."
+    long_row = chat("What is 4 + 7? Then tell me what comes after 12 and sort 3 1 2.", "11, 13 and 1 2 3",
+                    system)
+    near = [dict(m) for m in long_row]
+    near[1]["content"] += " Thanks!"
+    conversations = {
+        "a": long_row, "c": long_row, "b": near,  # b is near to a, c is an exact copy of a
+        "d": chat("What is 3 + 4?", "7"), "e": chat("What is 3 + 5?", "8"),  # siblings, not duplicates
+        "f": chat("What is 3 + 4?", "7"),
+    }
+    assert _duplicates(ray_local, conversations, DedupSpec(threshold=0.7), tmp_path) == {
+        "b": ("near_duplicate", "duplicate of a"), "c": ("exact_duplicate", "duplicate of a"),
+        "f": ("exact_duplicate", "duplicate of d")}
+
+
+def test_exact_only(ray_local, tmp_path):
+    conversations = {"x": chat("What is 3 + 4?", "7"), "w": chat("what is 3 + 4?", "7")}
+    assert _duplicates(ray_local, conversations, DedupSpec(threshold=None), tmp_path) == {
+        "x": ("exact_duplicate", "duplicate of w")}
+
+
+def test_short_eval_items_match_whole_long_ones_by_ngram(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    path.write_text("\n".join(json.dumps({"messages": m}) for m in [
+        chat("Sort 2 5 7.", "2 5 7"),
+        chat("Tell me the full story of the river that runs through the valley of Kalo", "It is long."),
+    ]) + "\n")
+    index = build_eval_index([str(path)], 8)
+    assert len(index.short_items[7]) == 1 and index.ngrams
+    assert is_contaminated(chat("Please help. Sort 2 5 7.", "2 5 7"), index)
+    assert not is_contaminated(chat("Sort 2 5 7.", "2 5 8"), index)
+    assert not is_contaminated(chat("Sort 2 5 9.", "2 5 9"), index)
+    assert is_contaminated(chat("So, the river that runs through the valley of Kalo?", "Yes"), index)
+    assert not is_contaminated(chat("What is the river of Kalo?", "Ven"), index)
+
+
+def test_eval_words_skip_the_system_turn():
+    assert eval_item_words(chat("What is 3 + 4?", "7", system="Be brief.")) == ["what", "is", "3", "4", "7"]
+    assert len(EvalIndex(8)) == 0
+
+
+def test_farthest_point_selection_spreads_out():
+    vectors = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert farthest_point_ids(["a", "b", "c", "d"], vectors, 3) == ["a", "d", "c"]
