@@ -62,7 +62,7 @@ class DatasetManifest(Artifact):
     num_dropped: int
     dropped_by_reason: dict[str, int]
     per_source: dict[str, dict[str, int]]  # source -> {"read", "kept", "dropped"}
-    content_hash: str  # sha256 over the kept rows in id order: the data lineage tag
+    content_hash: str  # sha256 over the kept rows (order-free sum of row digests): the data lineage tag
     config: dict[str, Any]  # the data and curate sections used
 
     @property

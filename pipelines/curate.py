@@ -14,18 +14,23 @@ import hashlib
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipelines.artifacts import DatasetManifest
 from pipelines.config import CurateConfig, RayloraConfig
 from pipelines.dedup import (
+    KEYS_TYPE,
     DedupSpec,
     EvalIndex,
     build_eval_index,
+    dedup_keys,
     diversity_split,
     embedding_model_path,
     is_contaminated,
@@ -69,11 +74,13 @@ def _token_counter(tokenizer: str) -> Any:
 
 
 def filter_batch(batch: pa.Table, curate: dict, tokenizer: str | None, max_tokens: int,
-                 eval_index: EvalIndex | None) -> pa.Table:
-    """Ray ``map_batches`` UDF: set ``reason`` on each row a filter or the eval index drops."""
+                 eval_index: EvalIndex | None, dedup: dict | None) -> pa.Table:
+    """Ray ``map_batches`` UDF: set ``reason`` on each row a filter or the eval index drops, and give every
+    row that passed its dedup bucket keys (``dedup_keys``) while its conversation is parsed anyway."""
     settings = CurateConfig.model_validate(curate)
     chain = build_filters(settings, _token_counter(tokenizer) if tokenizer else None, max_tokens)
     reasons = batch.column("reason").to_pylist()
+    passed: list[list[dict[str, str]] | None] = [None] * batch.num_rows
     for i, raw in enumerate(batch.column("messages").to_pylist()):
         if reasons[i]:
             continue  # malformed at read time
@@ -81,23 +88,35 @@ def filter_batch(batch: pa.Table, curate: dict, tokenizer: str | None, max_token
         reasons[i] = first_failure(messages, chain)
         if not reasons[i] and eval_index is not None and is_contaminated(messages, eval_index):
             reasons[i] = CONTAMINATED
-    return batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+        if not reasons[i]:
+            passed[i] = messages
+    batch = batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+    if dedup is None:
+        return batch
+    return batch.append_column("dedup_keys", dedup_keys(passed, DedupSpec(**dedup)))
 
 
-def add_scores(batch: pa.Table, seed: int) -> pa.Table:
-    """Ray UDF: a deterministic split key (hash of seed and id) and the quality score of each row."""
-    ids = batch.column("id").to_pylist()
-    keys = [int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") >> 1 for i in ids]
+def split_keys(ids: list[str], seed: int) -> np.ndarray:
+    """The deterministic split key of each id: a hash of seed and id (a random, fixed order of the rows)."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") >> 1
+                     for i in ids], dtype=np.int64)
+
+
+def add_quality(batch: pa.Table) -> pa.Table:
+    """Ray UDF: the quality score of each row, for top-k selection."""
     scores = [quality_score(json.loads(m)) for m in batch.column("messages").to_pylist()]
-    return batch.append_column("split_key", pa.array(keys, pa.int64())).append_column(
-        "quality", pa.array(scores, pa.float64()))
+    return batch.append_column("quality", pa.array(scores, pa.float64()))
 
 
-def to_output(batch: pa.Table) -> pa.Table:
-    """Ray UDF: pipeline rows -> the canonical Parquet schema the train stage reads."""
+def to_output(batch: pa.Table, seed: int, eval_cutoff: int) -> pa.Table:
+    """Ray UDF: kept rows -> the canonical Parquet schema the train stage reads, plus the ``split`` (train or
+    eval: eval holds the rows whose split key is below the cutoff) the write partitions on."""
     messages = [json.loads(m) for m in batch.column("messages").to_pylist()]
+    is_eval = split_keys(batch.column("id").to_pylist(), seed) < eval_cutoff
     return pa.table({"id": batch.column("id"), "source": batch.column("source"),
-                     "messages": pa.array(messages, MESSAGES_TYPE)}, schema=OUTPUT_SCHEMA)
+                     "messages": pa.array(messages, MESSAGES_TYPE),
+                     "split": pa.array(np.where(is_eval, "eval", "train"), pa.string())},
+                    schema=OUTPUT_SCHEMA.append(pa.field("split", pa.string())))
 
 
 def to_dropped(batch: pa.Table) -> pa.Table:
@@ -115,26 +134,70 @@ def _parquet_files(directory: Path) -> list[str]:
 
 
 ROWS_PER_FILE = 100_000
+BUCKET_SHIFT = 47  # split keys are 63-bit hashes: their top 16 bits name one of 65536 buckets
+DIGEST_MODULUS = 1 << 256
 
 
-def _write(ds: Any, directory: Path, fn: Any) -> list[str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    ds.map_batches(fn, batch_format="pyarrow").write_parquet(str(directory), min_rows_per_file=ROWS_PER_FILE)
-    return _parquet_files(directory)
+def _scan(files: list[str], columns: list[str], kept_only: bool = False) -> Iterator[pa.Table]:
+    """Stream columns of Parquet files a row group at a time (the driver never holds a whole column)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=65_536):
+            table = pa.Table.from_batches([batch])
+            yield table.filter(pc.equal(table.column("reason"), "")) if kept_only else table
 
 
-def _eval_cutoff(scored: Any, num_eval: int) -> int:
-    """The split key below which exactly ``num_eval`` rows lie (keys are hashes of ids: a random, fixed order).
+def _count_by(files: list[str], keys: list[str]) -> Counter[tuple[str, ...]]:
+    """Rows per key combination, counted by Arrow group-bys over the key columns only."""
+    totals: Counter[tuple[str, ...]] = Counter()
+    for table in _scan(files, keys):
+        counts = table.group_by(keys).aggregate([([], "count_all")])
+        for row in counts.to_pylist():
+            totals[tuple(row[k] for k in keys)] += row["count_all"]
+    return totals
 
-    Only the one int64 column comes back to the driver, not the rows.
+
+def _kept_histogram(kept_files: list[str], seed: int) -> tuple[Counter[int], str]:
+    """Kept rows per split-key bucket, and the content hash: sha256 over the count and the sum of the rows'
+    sha256 digests of (id, messages) modulo 2^256, which no row order changes."""
+    histogram: Counter[int] = Counter()
+    digest_sum, num_kept = 0, 0
+    for table in _scan(kept_files, ["id", "messages", "reason"], kept_only=True):
+        ids = table.column("id").to_pylist()
+        histogram.update((split_keys(ids, seed) >> BUCKET_SHIFT).tolist())
+        for row_id, messages in zip(ids, table.column("messages").to_pylist(), strict=True):
+            digest = hashlib.sha256(row_id.encode("utf-8", "surrogatepass") + b"\0"
+                                    + messages.encode("utf-8", "surrogatepass")).digest()
+            digest_sum += int.from_bytes(digest, "big")
+        num_kept += len(ids)
+    content = f"{num_kept}:".encode() + (digest_sum % DIGEST_MODULUS).to_bytes(32, "big")
+    return histogram, hashlib.sha256(content).hexdigest()
+
+
+def _eval_cutoff(kept_files: list[str], histogram: Counter[int], num_eval: int, seed: int) -> int:
+    """The split key below which exactly ``num_eval`` kept rows lie.
+
+    The bucket histogram says which bucket holds the ``num_eval``-th smallest key; only that bucket's
+    few keys (about rows / 65536) are kept while the id column streams past.
     """
-    import numpy as np
-
     if num_eval == 0:
         return np.iinfo(np.int64).min
-    keys = np.concatenate([batch["split_key"] for batch in
-                           scored.select_columns(["split_key"]).iter_batches(batch_format="numpy")])
-    return int(np.partition(keys, num_eval - 1)[num_eval - 1]) + 1
+    below = 0
+    for bucket in sorted(histogram):
+        if below + histogram[bucket] >= num_eval:
+            break
+        below += histogram[bucket]
+    keys: list[int] = []
+    for table in _scan(kept_files, ["id", "reason"], kept_only=True):
+        split = split_keys(table.column("id").to_pylist(), seed)
+        keys.extend(split[(split >> BUCKET_SHIFT) == bucket].tolist())
+    return sorted(keys)[num_eval - below - 1] + 1
+
+
+def _union(datasets: list[Any]) -> Any:
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
 def _resolve_tokenizer(cfg: RayloraConfig) -> str:
@@ -143,41 +206,19 @@ def _resolve_tokenizer(cfg: RayloraConfig) -> str:
     return resolve_base_model(cfg.data.tokenizer or cfg.model.base)
 
 
-def _count_batch(batch: pa.Table, keys: list[str]) -> pa.Table:
-    return batch.group_by(keys).aggregate([([], "count_all")]).rename_columns([*keys, "rows"])
+def _written_rows(files: list[str]) -> int:
+    """Rows in Parquet files, from their footers (no data read)."""
+    import pyarrow.parquet as pq
 
-
-def _counts(ds: Any, keys: list[str]) -> dict[tuple[str, ...], int]:
-    """Row counts per key combination: each Ray task counts its blocks, only the small tables come back."""
-    totals: Counter[tuple[str, ...]] = Counter()
-    # selecting the key columns first lets the Parquet reader skip the message text
-    for row in ds.select_columns(keys).map_batches(_count_batch, batch_format="pyarrow",
-                                                   fn_kwargs={"keys": keys}).take_all():
-        totals[tuple(row[k] for k in keys)] += row["rows"]
-    return dict(totals)
-
-
-def _content_hash(kept: Any) -> str:
-    """sha256 over (id, messages) of the kept rows in id order, streamed to the driver a batch at a time."""
-    digest = hashlib.sha256()
-    for batch in kept.select_columns(["id", "messages"]).sort("id").iter_batches(batch_format="pyarrow",
-                                                                                 batch_size=4096):
-        for row_id, messages in zip(batch.column("id").to_pylist(), batch.column("messages").to_pylist(),
-                                    strict=True):
-            digest.update(row_id.encode("utf-8", "surrogatepass") + b"\0")
-            digest.update(messages.encode("utf-8", "surrogatepass") + b"\n")
-    return digest.hexdigest()
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
 
 
 def _examples(dropped_files: list[str]) -> dict[str, str]:
     """One example (id and detail) per drop reason, for the report."""
-    import pyarrow.parquet as pq
-
     examples: dict[str, str] = {}
-    for path in dropped_files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["id", "reason", "detail"]):
-            for row_id, reason, detail in zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True):
-                examples.setdefault(reason, f"{row_id}" + (f" ({detail})" if detail else ""))
+    for table in _scan(dropped_files, ["id", "reason", "detail"]):
+        for row_id, reason, detail in zip(*(table.column(i).to_pylist() for i in range(3)), strict=True):
+            examples.setdefault(reason, f"{row_id}" + (f" ({detail})" if detail else ""))
     return examples
 
 
@@ -191,14 +232,35 @@ def format_report(read: int, kept: int, dropped_by_reason: dict[str, int], examp
     return "\n".join(lines)
 
 
-def curate(cfg: RayloraConfig, *, quiet: bool = False) -> DatasetManifest:
-    """Run curation for ``cfg``; returns the manifest (also written to ``<output>/manifest.json``)."""
+def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False) -> DatasetManifest:
+    """Run curation for ``cfg``; returns the manifest (also written to ``<output>/manifest.json``).
+
+    ``verbose`` shows Ray Data's progress bars and per-execution INFO logs (hidden otherwise).
+    """
     import ray
 
     ensure_ray(cfg)
     partitions = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    with shuffle_partitions(partitions):
+    with shuffle_partitions(partitions), _ray_data_logs(verbose):
         return _curate(cfg, quiet)
+
+
+@contextmanager
+def _ray_data_logs(verbose: bool) -> Iterator[None]:
+    import logging
+
+    from ray.data.context import DataContext
+
+    ctx, logger = DataContext.get_current(), logging.getLogger("ray.data")
+    saved = ctx.enable_progress_bars, ctx.enable_auto_log_stats, logger.level
+    if not verbose:
+        ctx.enable_progress_bars, ctx.enable_auto_log_stats = False, False
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.enable_auto_log_stats = saved[:2]
+        logger.setLevel(saved[2])
 
 
 def _curate(cfg: RayloraConfig, quiet: bool) -> DatasetManifest:
@@ -218,73 +280,97 @@ def _curate(cfg: RayloraConfig, quiet: bool) -> DatasetManifest:
             raise StageError(f"cannot read eval set for decontamination: {err} (check data.eval_sets)") from err
     max_tokens = settings.max_tokens or cfg.model.max_seq_len
 
-    # 1. read + filter + decontaminate: one streaming pass, every row written with its reason
+    spec = DedupSpec(exact=settings.exact_dedup, threshold=settings.near_dedup_threshold,
+                     num_perm=settings.minhash_num_perm, shingle_words=settings.shingle_words)
+    dedup = spec.__dict__ if spec.exact or spec.near else None
+
+    # 1. read + filter + decontaminate + dedup keys: one streaming pass, every row written with its reason
     rows_dir = work / "rows"
     try:
         (ray.data.from_items(chunk_items(chunks), override_num_blocks=max(len(chunks), 1))
          .map_batches(read_chunk_batch, batch_size=1)
          .map_batches(filter_batch, batch_format="pyarrow", batch_size=1000,
                       fn_kwargs={"curate": settings.model_dump(), "tokenizer": _resolve_tokenizer(cfg),
-                                 "max_tokens": max_tokens, "eval_index": eval_index})
+                                 "max_tokens": max_tokens, "eval_index": eval_index, "dedup": dedup})
          .write_parquet(str(rows_dir), min_rows_per_file=ROWS_PER_FILE))
     except Exception as err:  # a Ray task wraps the StageError of a source it could not open (hf://, remote)
         opening = [line for line in str(err).splitlines() if "cannot open data source" in line]
         if opening:
             raise StageError(opening[-1].split("StageError: ")[-1].strip()) from err
         raise
-    rows = read_parquet_dir(rows_dir, ROW_SCHEMA)
+    rows = read_parquet_dir(rows_dir, ROW_SCHEMA if dedup is None else ROW_SCHEMA.append(
+        pa.field("dedup_keys", KEYS_TYPE)))
     passed = rows.filter(expr="reason == ''")
 
     # 2. dedup across the whole dataset
-    spec = DedupSpec(exact=settings.exact_dedup, threshold=settings.near_dedup_threshold,
-                     num_perm=settings.minhash_num_perm, shingle_words=settings.shingle_words)
     deduped_dir = work / "deduped"
-    if spec.exact or spec.near:
-        mark_duplicates(passed, spec, work).write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE)
+    if dedup is not None:
+        mark_duplicates(passed, spec).write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE)
+        deduped = read_parquet_dir(deduped_dir, ROW_SCHEMA)
     else:
-        passed.write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE)
-    deduped = read_parquet_dir(deduped_dir, ROW_SCHEMA)
+        deduped = passed
     unique = deduped.filter(expr="reason == ''")
 
-    # 3. optional LIMA-style selection, then a deterministic train / eval split
-    scored = unique.map_batches(add_scores, batch_format="pyarrow", fn_kwargs={"seed": cfg.seed})
-    rejected = []
-    if settings.quality_top_k is not None:
-        ranked = scored.sort(["quality", "id"], descending=[True, False]).materialize()
-        if ranked.count() > settings.quality_top_k:
-            scored, below = ranked.split_at_indices([settings.quality_top_k])
-            rejected.append(below.map_batches(with_reason, batch_format="pyarrow", fn_kwargs={"reason": BELOW_TOP_K}))
-    if settings.diversity_select is not None:
-        scored, not_diverse = diversity_split(scored, settings.diversity_select,
-                                              embedding_model_path(settings.embedding_model))
-        rejected.append(not_diverse.map_batches(with_reason, batch_format="pyarrow", fn_kwargs={"reason": NOT_DIVERSE}))
-    scored_dir = work / "scored"
-    scored.write_parquet(str(scored_dir), min_rows_per_file=ROWS_PER_FILE)
-    selected = ray.data.read_parquet(str(scored_dir)) if _parquet_files(scored_dir) else None
-    num_kept = selected.count() if selected is not None else 0
+    # 3. optional LIMA-style selection
+    selected, kept_files, rejected = unique, _parquet_files(deduped_dir if dedup is not None else rows_dir), []
+    if settings.quality_top_k is not None or settings.diversity_select is not None:
+        scored = unique
+        if settings.quality_top_k is not None:
+            ranked = unique.map_batches(add_quality, batch_format="pyarrow").sort(
+                ["quality", "id"], descending=[True, False]).materialize()
+            if ranked.count() > settings.quality_top_k:
+                scored, below = ranked.split_at_indices([settings.quality_top_k])
+                rejected.append(below.map_batches(with_reason, batch_format="pyarrow",
+                                                  fn_kwargs={"reason": BELOW_TOP_K}))
+        if settings.diversity_select is not None:
+            scored, not_diverse = diversity_split(scored, settings.diversity_select,
+                                                  embedding_model_path(settings.embedding_model))
+            rejected.append(not_diverse.map_batches(with_reason, batch_format="pyarrow",
+                                                    fn_kwargs={"reason": NOT_DIVERSE}))
+        scored_dir = work / "scored"
+        scored.write_parquet(str(scored_dir), min_rows_per_file=ROWS_PER_FILE)
+        selected, kept_files = read_parquet_dir(scored_dir, ROW_SCHEMA), _parquet_files(scored_dir)
 
-    dropped = rows.filter(expr="reason != ''").union(deduped.filter(expr="reason != ''"), *rejected)
-    dropped_files = _write(dropped, out / "dropped", to_dropped)
-    dropped_by_source_reason = _counts(ray.data.read_parquet(dropped_files), ["source", "reason"]) \
-        if dropped_files else {}
+    # 4. everything dropped, in one write; counts come from the written files' key columns
+    dropped_parts = [rows.filter(expr="reason != ''").select_columns(list(ROW_SCHEMA.names))]
+    if dedup is not None:
+        dropped_parts.append(deduped.filter(expr="reason != ''"))
+    dropped_dir = out / "dropped"
+    dropped_dir.mkdir(parents=True, exist_ok=True)
+    _union([*dropped_parts, *rejected]).map_batches(to_dropped, batch_format="pyarrow").write_parquet(
+        str(dropped_dir), min_rows_per_file=ROWS_PER_FILE)
+    dropped_files = _parquet_files(dropped_dir)
+    dropped_by_source_reason = _count_by(dropped_files, ["source", "reason"])
     dropped_by_reason: Counter[str] = Counter()
     for (_, reason), count in dropped_by_source_reason.items():
         dropped_by_reason[reason] += count
     examples = _examples(dropped_files)
-    read_by_source = {src: n for (src,), n in _counts(rows, ["source"]).items()}
+    read_by_source = {src: n for (src,), n in _count_by(_parquet_files(rows_dir), ["source"]).items()}
     num_read = sum(read_by_source.values())
+    histogram, content_hash = _kept_histogram(kept_files, cfg.seed)
+    num_kept = sum(histogram.values())
 
     if num_kept == 0:
         raise StageError("every row was dropped; nothing to train on. Relax curate.* or check the sources:\n"
                          + format_report(num_read, 0, dict(dropped_by_reason), examples))
 
+    # 5. the deterministic train / eval split, written in one pass partitioned on the split
     num_eval = cfg.data.eval_size if cfg.data.eval_size is not None else round(num_kept * cfg.data.eval_fraction)
     num_eval = min(num_eval, num_kept - 1)
-    cutoff = _eval_cutoff(selected, num_eval)
-    train_files = _write(selected.filter(expr=f"split_key >= {cutoff}"), out / "train", to_output)
-    eval_files = _write(selected.filter(expr=f"split_key < {cutoff}"), out / "eval", to_output) if num_eval else []
-    kept_files = train_files + eval_files
-    kept_by_source = {src: n for (src,), n in _counts(ray.data.read_parquet(kept_files), ["source"]).items()}
+    cutoff = _eval_cutoff(kept_files, histogram, num_eval, cfg.seed)
+    (selected.map_batches(to_output, batch_format="pyarrow", fn_kwargs={"seed": cfg.seed, "eval_cutoff": cutoff})
+     .write_parquet(str(work / "split"), partition_cols=["split"]))
+    split_files = {}
+    for split in ("train", "eval"):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for path in sorted((work / "split" / f"split={split}").glob("*.parquet")):
+            shutil.move(str(path), out / split / path.name)
+        split_files[split] = _parquet_files(out / split)
+    train_files, eval_files = split_files["train"], split_files["eval"]
+    kept_by_source = {src: n for (src,), n in _count_by(train_files + eval_files, ["source"]).items()}
+    if (_written_rows(train_files), _written_rows(eval_files)) != (num_kept - num_eval, num_eval):
+        raise StageError(f"accounting broke: wrote {_written_rows(train_files)} train and "
+                         f"{_written_rows(eval_files)} eval rows, expected {num_kept - num_eval} and {num_eval}")
 
     per_source: dict[str, dict[str, int]] = {}
     for source, read in sorted(read_by_source.items()):
@@ -298,7 +384,7 @@ def _curate(cfg: RayloraConfig, quiet: bool) -> DatasetManifest:
         train_paths=train_files, eval_paths=eval_files, dropped_paths=dropped_files,
         num_read=num_read, num_train=num_kept - num_eval, num_eval=num_eval,
         num_dropped=sum(dropped_by_reason.values()), dropped_by_reason=dict(sorted(dropped_by_reason.items())),
-        per_source=per_source, content_hash=_content_hash(selected),
+        per_source=per_source, content_hash=content_hash,
         config={"data": cfg.data.model_dump(mode="json"), "curate": settings.model_dump(mode="json")},
     )
     manifest.write(out / "manifest.json")

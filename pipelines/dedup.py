@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -121,33 +121,42 @@ class DedupSpec:
         return self.threshold is not None
 
 
-def row_keys(ids: Sequence[str], conversations: Sequence[Sequence[dict[str, str]]], spec: DedupSpec) -> pa.Table:
-    """The bucket keys of a batch of rows: (key, id, kind) with kind exact or near."""
-    key_col: list[np.ndarray] = []
-    id_col: list[Iterable[str]] = []
-    kind_col: list[Iterable[str]] = []
+KEYS_TYPE = pa.list_(pa.int64())
+
+
+def dedup_keys(conversations: Sequence[Sequence[dict[str, str]] | None], spec: DedupSpec) -> pa.Array:
+    """Each row's bucket keys as list<int64>: its exact key first (when ``spec.exact``), then one key per
+    LSH band of its MinHash signature over word shingles. ``None`` (a row already dropped) gets no keys.
+
+    Computed in the read+filter pass, where the conversation is already parsed, so dedup never
+    parses the rows again.
+    """
+    live = [i for i, m in enumerate(conversations) if m is not None]
+    per_row = np.zeros((len(live), 0), dtype=np.int64)
     if spec.exact:
-        key_col.append(np.array([exact_key(m) for m in conversations], dtype=np.int64))
-        id_col.append(ids)
-        kind_col.append([EXACT] * len(ids))
-    if spec.near and len(ids):
+        exact = np.array([exact_key(conversations[i]) for i in live], dtype=np.int64)
+        per_row = np.concatenate([per_row, exact[:, None]], axis=1)
+    if spec.near and live:
         bands, rows = lsh_bands(spec.threshold, spec.num_perm)
-        signatures = MinHasher(spec.num_perm).signatures([shingles(m, spec.shingle_words) for m in conversations])
-        keys = band_keys(signatures, bands, rows)
-        key_col.append(keys.reshape(-1))
-        id_col.append(np.repeat(np.asarray(ids, dtype=object), bands))
-        kind_col.append([NEAR] * (len(ids) * bands))
-    if not key_col:
-        return KEY_SCHEMA.empty_table()
-    return pa.table({"key": np.concatenate(key_col), "id": [i for part in id_col for i in part],
-                     "kind": [k for part in kind_col for k in part]}, schema=KEY_SCHEMA)
+        signatures = MinHasher(spec.num_perm).signatures([shingles(conversations[i], spec.shingle_words)
+                                                          for i in live])
+        per_row = np.concatenate([per_row, band_keys(signatures, bands, rows)], axis=1)
+    width = per_row.shape[1]
+    lengths = np.zeros(len(conversations), dtype=np.int32)
+    lengths[live] = width
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(per_row.reshape(-1), pa.int64()))
 
 
-def keys_batch(batch: pa.Table, spec: dict[str, Any]) -> pa.Table:
-    """Ray ``map_batches`` UDF: kept rows -> their bucket keys."""
-    ids = batch.column("id").to_pylist()
-    conversations = [json.loads(m) for m in batch.column("messages").to_pylist()]
-    return row_keys(ids, conversations, DedupSpec(**spec))
+def explode_keys(batch: pa.Table, exact: bool) -> pa.Table:
+    """Ray UDF: (id, dedup_keys) rows -> one (key, id, kind) row per key; the first key is exact when ``exact``."""
+    keys = batch.column("dedup_keys").combine_chunks()
+    lengths = pa.compute.list_value_length(keys).fill_null(0).to_numpy(zero_copy_only=False)
+    parents = np.repeat(np.arange(batch.num_rows), lengths)
+    position = np.arange(len(parents)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    kind = np.where((position == 0) & exact, EXACT, NEAR) if len(parents) else np.array([], dtype=object)
+    return pa.table({"key": keys.flatten(), "id": batch.column("id").take(pa.array(parents, pa.int64())),
+                     "kind": pa.array(kind, pa.string())}, schema=KEY_SCHEMA)
 
 
 def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
@@ -241,19 +250,17 @@ def read_parquet_dir(path: str | Path, schema: pa.Schema) -> Any:
         ray.data.from_arrow(schema.empty_table())
 
 
-def mark_duplicates(rows: Any, spec: DedupSpec, work_dir: Path) -> Any:
-    """Kept rows (pipeline schema) -> the same rows, duplicates marked ``exact_duplicate`` / ``near_duplicate``.
+def mark_duplicates(rows: Any, spec: DedupSpec) -> Any:
+    """Kept rows (pipeline schema plus ``dedup_keys``) -> the same rows, duplicates marked
+    ``exact_duplicate`` / ``near_duplicate``.
 
-    Three shuffles on Ray Data: keys by bucket, pairs with keeper texts by keeper, rows with their
-    pairs by id. The bucket keys and pairs are written under ``work_dir`` so nothing is computed twice.
+    Three shuffles on Ray Data in one execution: keys by bucket, pairs with keeper texts by keeper,
+    rows with their pairs by id.
     """
-    keys_path, pairs_path = str(work_dir / "dedup_keys"), str(work_dir / "dedup_pairs")
-    rows.map_batches(keys_batch, batch_format="pyarrow", fn_kwargs={"spec": spec.__dict__},
-                     batch_size=2000).write_parquet(keys_path, min_rows_per_file=500_000)
-    (read_parquet_dir(keys_path, KEY_SCHEMA).sort("key")
-     .map_batches(bucket_pairs, batch_size=None, batch_format="pyarrow")
-     .write_parquet(pairs_path, min_rows_per_file=500_000))
-    pairs = read_parquet_dir(pairs_path, PAIR_SCHEMA)
+    pairs = (rows.select_columns(["id", "dedup_keys"])
+             .map_batches(explode_keys, batch_format="pyarrow", fn_kwargs={"exact": spec.exact})
+             .sort("key")
+             .map_batches(bucket_pairs, batch_size=None, batch_format="pyarrow"))
     keeper_texts = rows.map_batches(_as, batch_format="pyarrow", fn_kwargs={
         "schema": KEEPER_SCHEMA, "columns": {"on": "id", "messages": "messages"}})
     pairs_by_keeper = pairs.map_batches(_as, batch_format="pyarrow", fn_kwargs={

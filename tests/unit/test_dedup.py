@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipelines.dedup import (
@@ -11,6 +12,7 @@ from pipelines.dedup import (
     MinHasher,
     band_keys,
     build_eval_index,
+    dedup_keys,
     eval_item_words,
     exact_key,
     farthest_point_ids,
@@ -62,10 +64,12 @@ def test_lsh_is_tuned_to_miss_few_pairs_at_the_threshold():
 
 
 def _duplicates(ray, conversations, spec, work_dir):
-    rows = ray.data.from_items([{"id": i, "source": "s", "messages": json.dumps(m), "reason": "", "detail": ""}
-                                for i, m in conversations.items()])
+    rows = ray.data.from_arrow(pa.table({
+        "id": list(conversations), "source": ["s"] * len(conversations),
+        "messages": [json.dumps(m) for m in conversations.values()], "reason": [""] * len(conversations),
+        "detail": [""] * len(conversations), "dedup_keys": dedup_keys(list(conversations.values()), spec)}))
     with shuffle_partitions(2):
-        marked = mark_duplicates(rows, spec, work_dir).take_all()
+        marked = mark_duplicates(rows, spec).take_all()
     assert sorted(r["id"] for r in marked) == sorted(conversations)  # every row comes back once
     return {r["id"]: (r["reason"], r["detail"]) for r in marked if r["reason"]}
 
@@ -116,3 +120,11 @@ def test_farthest_point_selection_spreads_out():
     vectors = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     assert farthest_point_ids(["a", "b", "c", "d"], vectors, 3) == ["a", "d", "c"]
+
+
+def test_dedup_keys_exact_first_then_one_per_band_and_none_for_dropped_rows():
+    spec = DedupSpec(threshold=0.7)
+    keys = dedup_keys([chat("a b c", "d"), None, chat("a b c", "d")], spec).to_pylist()
+    assert len(keys[0]) == 1 + lsh_bands(0.7, 128)[0] and keys[1] == [] and keys[0] == keys[2]
+    assert keys[0][0] == exact_key(chat("a b c", "d"))
+    assert dedup_keys([chat("a", "b")], DedupSpec(threshold=None)).to_pylist() == [[exact_key(chat("a", "b"))]]
