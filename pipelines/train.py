@@ -188,6 +188,11 @@ def build_engine(cfg: RayloraConfig, total_steps: int) -> Engine:
     deepspeed.init_distributed(dist_backend="nccl" if cfg.cluster.use_gpu else "gloo")
     torch.manual_seed(cfg.train.seed)
     built = build_model(cfg.model.model_copy(update={"base": resolve_base_model(cfg.model.base)}), cfg.adapter)
+    for module in built.model.modules():
+        # bitsandbytes repacks 4-bit weights in place for its AVX512 CPU kernel on the first no-grad forward
+        # (eval); that rewrites a ZeRO-3 partition and breaks state_dict, so the plain 4-bit kernel is kept
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     params = [p for p in built.model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     warmup = math.ceil(cfg.train.warmup_ratio * total_steps)
@@ -267,8 +272,9 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, rows: list[dict], *, seq_le
                                                        ignore_index=IGNORE_INDEX, reduction="sum")
             loss_sum += weight * losses.item()
             token_count += weight * (shifted != IGNORE_INDEX).sum().item()
-        correct, scored = _exact_match(model, tokenizer, rows[:generate_limit], batch_size, max_new_tokens,
-                                       rank, world_size, synced)
+        scored_rows = rows if generate_limit is None else rows[:generate_limit]
+        correct, scored = (_exact_match(model, tokenizer, scored_rows, batch_size, max_new_tokens, rank,
+                                        world_size, synced) if scored_rows else (0.0, 0.0))
     loss_sum, token_count, correct, scored = _dist_sum([loss_sum, token_count, correct, scored])
     model.train(was_training)
     eval_loss = loss_sum / max(token_count, 1.0)
@@ -441,15 +447,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if index >= skip:  # a resumed run skips what the checkpoint already trained on
                 yield group
 
-    step, tokens_seen, window_start, window_tokens = start_step, 0, time.perf_counter(), 0
+    # throughput counts the data feed and the step, not eval or checkpoint time: the clock runs from the end
+    # of one step's bookkeeping to the end of the next step
+    step, tokens_seen, window_tokens, window_seconds = start_step, 0, 0, 0.0
+    clock = time.perf_counter()
     losses: list[float] = []
     metrics: dict[str, float] = {}
     epoch, skip = state["epoch"], state["batches_in_epoch"]
     while step < total_steps:
-        produced = False
+        fresh_epoch, produced = skip == 0, False
         for group in epoch_groups(epoch, skip):
             produced = True
             loss = train_step(engine, group)
+            window_seconds += time.perf_counter() - clock
             step += 1
             skip += 1
             loss_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in group)
@@ -464,13 +474,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)  # test-only: a real worker death, not an exception
             last = step >= total_steps
             if step % t.log_every == 0 or last:
-                elapsed = time.perf_counter() - window_start
                 metrics = {"step": step, "epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": lr,
-                           "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                           "tokens_per_s": window_tokens / max(window_seconds, 1e-9),
                            "packing_efficiency": stats.efficiency, "peak_memory_mib": peak_memory_mib(cfg.cluster.use_gpu),
                            "resumed_from_step": start_step}
-                losses, window_tokens, window_start = [], 0, time.perf_counter()
+                losses, window_tokens, window_seconds = [], 0, 0.0
                 if is_main:
+                    mlflow_log.log(step, {"tokens_per_s": metrics["tokens_per_s"]})
                     print(f"[raylora train] step {step}/{total_steps} loss {metrics['train_loss']:.4f} "
                           f"lr {lr:.2e} {metrics['tokens_per_s']:.0f} tok/s", flush=True)
             do_eval = step % t.eval_every == 0 or step % t.checkpoint_every == 0 or last
@@ -480,6 +490,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     mlflow_log.log(step, {k: metrics[k] for k in ("eval_loss", "eval_perplexity", "eval_exact_match")})
                     print(f"[raylora train] step {step} eval_loss {metrics['eval_loss']:.4f} "
                           f"exact_match {metrics['eval_exact_match']:.3f}", flush=True)
+            if do_eval:
+                mlflow_log.flush()
             if step % t.checkpoint_every == 0 or last:
                 _report_checkpoint(engine, metrics, {"step": step, "epoch": epoch, "batches_in_epoch": skip,
                                                      "tokens": state["tokens"] + tokens_seen}, is_main)
@@ -487,7 +499,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
             if last:
                 break
-        if not produced and per_epoch is None:
+            clock = time.perf_counter()
+        if fresh_epoch and not produced:
             raise StageError(f"rank {rank} got no full batch from the train data: lower train.micro_batch_size")
         epoch, skip = epoch + 1, 0
     mlflow_log.flush()
