@@ -26,6 +26,7 @@ import shutil
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,13 +100,19 @@ def deepspeed_config(cfg: RayloraConfig) -> dict[str, Any]:
                 raise ConfigError(f"{path} sets '{owned}': remove it; raylora sets it from train.optimizer / "
                                   "train.scheduler")
     zero = dict(base.get("zero_optimization", {}))
+    if zero.get("stage", ds.stage) != ds.stage:
+        raise ConfigError(f"{ds.config_file} sets ZeRO stage {zero['stage']} but train.deepspeed.stage={ds.stage}: "
+                          f"set train.deepspeed.stage={zero['stage']}")
     zero["stage"] = ds.stage
-    zero.pop("offload_optimizer", None)
-    zero.pop("offload_param", None)
-    if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.cluster.use_gpu}
-    if ds.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.cluster.use_gpu}
+    for key, wanted, option in (("offload_optimizer", ds.offload_optimizer, "offload_optimizer"),
+                                ("offload_param", ds.offload_params, "offload_params")):
+        in_file = zero.get(key, {}).get("device", "none") != "none"
+        if in_file and not wanted:
+            raise ConfigError(f"{ds.config_file} sets {key} but train.deepspeed.{option}=false: "
+                              f"set train.deepspeed.{option}=true")
+        if wanted:
+            # pinned host memory only helps (and only works) with a GPU to copy to
+            zero[key] = {**zero.get(key, {}), "device": "cpu", "pin_memory": cfg.cluster.use_gpu}
     out = {key: value for key, value in base.items() if key not in ("bf16", "fp16")}
     out.update({
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
@@ -167,12 +174,16 @@ def use_cpu_accelerator(cfg: RayloraConfig) -> None:
 
 
 def quiet_libraries() -> None:
+    """Workers print one line per log window on rank 0 and little else: library chatter goes to WARNING."""
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "bitsandbytes"):
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "bitsandbytes", "ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    for module in ("deepspeed", "torch", "bitsandbytes", "peft", "transformers"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
 
 
 def build_engine(cfg: RayloraConfig, total_steps: int) -> Engine:
@@ -397,6 +408,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     cfg = RayloraConfig.model_validate(loop_config["cfg"])
+    quiet_libraries()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     is_main = rank == 0
