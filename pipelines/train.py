@@ -524,6 +524,9 @@ def _report_checkpoint(engine: Any, metrics: dict[str, float], state: dict[str, 
     with tempfile.TemporaryDirectory(prefix="raylora-ckpt-") as tmp:
         save_checkpoint(engine, Path(tmp), state, is_main)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    # Ray Train registers a report (and writes the run snapshot a rerun resumes from) when its controller
+    # next polls; wait for that, so a run that dies right after a checkpoint still resumes from it
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
 # ---------------------------------------------------------------- the driver
@@ -639,7 +642,7 @@ def train(cfg: RayloraConfig, manifest: DatasetManifest) -> TrainResult:
             shutil.rmtree(adapter_path)
         shutil.copytree(Path(ckpt_dir) / ADAPTER_DIR, adapter_path)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-    best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
+    best = result.get_best_checkpoint(metric="eval_loss", mode="min") or result.checkpoint
     _finish_mlflow_run(cfg, mlflow_run_id, metrics, adapter_path)
     train_result = TrainResult(
         run_name=cfg.run_name, adapter_path=str(adapter_path), base_model=cfg.model.base, metrics=metrics,

@@ -92,11 +92,11 @@ def test_rerunning_a_failed_run_with_the_same_name_resumes_it(ray_local, demo_co
                                                               monkeypatch):
     from pipelines.errors import StageError
 
-    """The whole run dies (no retries left) after its step-2 checkpoint; the same command again resumes there.
-    The kill comes two steps after the checkpoint so Ray Train has registered it before the worker dies."""
+    """The whole run dies (no retries left) right after its step-2 checkpoint; the same command again resumes
+    there rather than starting over, and continues the same MLflow run."""
     cfg = make_cfg(demo_config_dict, run_name="rerun", cluster={"num_workers": 1, "max_failures": 0},
                    train={"max_steps": 5, "checkpoint_every": 2, "eval_every": 2})
-    monkeypatch.setenv(FAULT_KILL_ENV, "4")
+    monkeypatch.setenv(FAULT_KILL_ENV, "3")
     with pytest.raises(StageError, match="rerun failed"):
         train(cfg, curated_manifest)
     monkeypatch.delenv(FAULT_KILL_ENV)

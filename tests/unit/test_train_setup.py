@@ -80,3 +80,14 @@ def test_sgd_uses_momentum_and_adamw_is_the_default(demo_config_dict):
     sgd = build_optimizer(params, _cfg(demo_config_dict, optimizer="sgd", momentum=0.8))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8
     assert isinstance(build_optimizer(params, _cfg(demo_config_dict)), torch.optim.AdamW)
+
+
+def test_raylora_train_without_a_curated_dataset_says_to_curate_first(demo_config_dict, tmp_path, capsys):
+    import yaml
+
+    from pipelines.cli import EXIT_FAILURE, main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(demo_config_dict))
+    assert main(["train", str(config)]) == EXIT_FAILURE
+    assert f"run `raylora curate {config}` first" in capsys.readouterr().err
