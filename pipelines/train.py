@@ -430,6 +430,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as ckpt_dir:
             state = load_checkpoint(engine, Path(ckpt_dir))
     start_step = state["step"]
+    if start_step >= total_steps:  # a rerun of a finished run: nothing to train, report where it ended
+        ray.train.report(state.get("metrics", {"step": start_step}))
+        return
     if is_main:
         where = f"resumed at step {start_step}" if start_step else "from scratch"
         print(f"[raylora train] {cfg.run_name}: {world_size} worker(s), ZeRO-{cfg.train.deepspeed.stage}, "
@@ -506,7 +509,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 mlflow_log.flush()
             if step % t.checkpoint_every == 0 or last:
                 _report_checkpoint(engine, metrics, {"step": step, "epoch": epoch, "batches_in_epoch": skip,
-                                                     "tokens": state["tokens"] + tokens_seen}, is_main)
+                                                     "tokens": state["tokens"] + tokens_seen, "metrics": metrics},
+                                   is_main)
             elif do_eval:
                 ray.train.report(metrics)
             if last:
@@ -586,6 +590,15 @@ def train(cfg: RayloraConfig, manifest: DatasetManifest) -> TrainResult:
     check_inputs(cfg, manifest, base_path)
     _ensure_ray(cfg)
     import ray
+
+    workers_cpu = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker
+    cluster_cpu = ray.cluster_resources().get("CPU", 0.0)
+    if cluster_cpu - workers_cpu < 1.0:  # Ray Data's read tasks need a CPU beside the training workers
+        raise ConfigError(
+            f"{cfg.cluster.num_workers} worker(s) x {cfg.cluster.cpus_per_worker} CPU leave no CPU for the Ray Data "
+            f"feed on this {cluster_cpu:g}-CPU cluster: set cluster.cpus_per_worker="
+            f"{max(cluster_cpu - 1.0, 0.0) / cfg.cluster.num_workers:g} or fewer cluster.num_workers"
+        )
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

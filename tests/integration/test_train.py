@@ -186,3 +186,12 @@ def test_the_per_worker_step_runs_without_ray(demo_config_dict, curated_manifest
         assert metrics["eval_loss"] > 0 and 0.0 <= metrics["eval_exact_match"] <= 1.0
     finally:
         dist.destroy_process_group()
+
+
+def test_workers_that_leave_no_cpu_for_the_data_feed_fail_before_they_start(ray_local, demo_config_dict,
+                                                                          curated_manifest):
+    from pipelines.errors import ConfigError
+
+    cfg = make_cfg(demo_config_dict, cluster={"num_workers": 2, "cpus_per_worker": 1})
+    with pytest.raises(ConfigError, match=r"set cluster.cpus_per_worker=0.5"):
+        train(cfg, curated_manifest)
