@@ -38,7 +38,14 @@ from pipelines.artifacts import DatasetManifest, TrainResult
 from pipelines.assets import resolve_base_model
 from pipelines.config import RayloraConfig
 from pipelines.errors import ConfigError, StageError
-from pipelines.train_data import IGNORE_INDEX, PackingStats, pack_examples, tokenize_chat, train_batches
+from pipelines.train_data import (
+    IGNORE_INDEX,
+    PackingStats,
+    pack_examples,
+    prefetch,
+    tokenize_chat,
+    train_batches,
+)
 
 CHECKPOINT_TAG = "state"  # the DeepSpeed tag inside every Ray checkpoint directory
 TRAIN_STATE_FILE = "train_state.json"
@@ -456,7 +463,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                 micro_batch_size=t.micro_batch_size, rank=rank, world_size=world_size,
                                 seed=t.seed + epoch, packing=t.packing, responses_only=t.train_on_responses_only,
                                 stats=stats)
-        for index, group in enumerate(_grouped(batches, t.grad_accum)):
+        for index, group in enumerate(_grouped(prefetch(batches), t.grad_accum)):
             if per_epoch is not None and index >= per_epoch:
                 return
             if index >= skip:  # a resumed run skips what the checkpoint already trained on

@@ -15,14 +15,18 @@ the position ids (``masking_utils.find_packed_sequence_indices``): no attention 
 from __future__ import annotations
 
 import hashlib
+import queue
 import random
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100  # labels with this value are left out of the loss (the PyTorch / transformers convention)
+T = TypeVar("T")
 
 
 @dataclass
@@ -158,3 +162,50 @@ def train_batches(rows: Iterable[dict], tokenizer: PreTrainedTokenizerBase, *, s
     examples = (tokenize_chat(row["messages"], tokenizer, responses_only) for row in mine)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return batches(pack_examples(examples, seq_len, pad_id, packing=packing, stats=stats), micro_batch_size)
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Produce ``items`` on a background thread, up to ``depth`` ahead of the consumer, so the data feed
+    (Ray Data rows, tokenising, packing) overlaps the training step instead of adding to it. Order is kept;
+    an error in the producer is raised in the consumer; a consumer that stops early stops the producer."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            put(_Failed(err))
+
+    thread = threading.Thread(target=produce, name="raylora-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
