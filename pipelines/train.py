@@ -589,10 +589,12 @@ def _ensure_ray(cfg: RayloraConfig) -> None:
                  include_dashboard=False, log_to_driver=True, configure_logging=False)
 
 
-def train(cfg: RayloraConfig, manifest: DatasetManifest) -> TrainResult:
+def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None = None) -> TrainResult:
     """Train the adapter on Ray Train + DeepSpeed; returns the TrainResult (also written as JSON).
 
-    Called by ``raylora train`` and by Ray Tune trials; every metric also goes through ``ray.train.report``."""
+    Called by ``raylora train`` and by Ray Tune trials; every metric also goes through ``ray.train.report``.
+    ``callbacks`` go to ``RunConfig(callbacks=...)``: a Tune trial passes Ray's ``TuneReportCallback`` so the
+    workers' reports reach the trial."""
     base_path = resolve_base_model(cfg.model.base)
     check_inputs(cfg, manifest, base_path)
     _ensure_ray(cfg)
@@ -647,6 +649,7 @@ def train(cfg: RayloraConfig, manifest: DatasetManifest) -> TrainResult:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                checkpoint_score_attribute="eval_loss", checkpoint_score_order="min"),
             worker_runtime_env={"env_vars": worker_env},
+            callbacks=callbacks,
         ),
     )
     try:
