@@ -409,6 +409,12 @@ class MlflowStepLogger:
             self.pending = []
 
 
+def progress(message: str) -> None:
+    """Rank 0's progress line. Through a logger, not print: Ray Train patches print to log *and* echo it,
+    which shows every line twice."""
+    log.info("[raylora train] %s", message)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: build the engine, resume from the latest checkpoint, stream the train shard,
     evaluate, checkpoint and report. ``loop_config`` is plain data: {"cfg", "eval_paths", "mlflow", ...}."""
@@ -416,6 +422,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     cfg = RayloraConfig.model_validate(loop_config["cfg"])
     quiet_libraries()
+    log.setLevel(logging.INFO)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     is_main = rank == 0
@@ -442,9 +449,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return
     if is_main:
         where = f"resumed at step {start_step}" if start_step else "from scratch"
-        print(f"[raylora train] {cfg.run_name}: {world_size} worker(s), ZeRO-{cfg.train.deepspeed.stage}, "
+        progress(f"{cfg.run_name}: {world_size} worker(s), ZeRO-{cfg.train.deepspeed.stage}, "
               f"{cfg.adapter.method} r={cfg.adapter.r}, {built.trainable_params:,} of {built.total_params:,} "
-              f"params trainable, {total_steps} steps, {where}", flush=True)
+              f"params trainable, {total_steps} steps, {where}")
 
     eval_rows = _read_rows(loop_config["eval_paths"])
     mlflow_log = MlflowStepLogger(**loop_config["mlflow"]) if is_main else MlflowStepLogger(None, None)
@@ -503,15 +510,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 losses, window_tokens, window_seconds = [], 0, 0.0
                 if is_main:
                     mlflow_log.log(step, {"tokens_per_s": metrics["tokens_per_s"]})
-                    print(f"[raylora train] step {step}/{total_steps} loss {metrics['train_loss']:.4f} "
-                          f"lr {lr:.2e} {metrics['tokens_per_s']:.0f} tok/s", flush=True)
+                    progress(f"step {step}/{total_steps} loss {metrics['train_loss']:.4f} "
+                          f"lr {lr:.2e} {metrics['tokens_per_s']:.0f} tok/s")
             do_eval = step % t.eval_every == 0 or step % t.checkpoint_every == 0 or last
             if do_eval:
                 metrics = {**metrics, "step": step, **run_eval()}
                 if is_main:
                     mlflow_log.log(step, {k: metrics[k] for k in ("eval_loss", "eval_perplexity", "eval_exact_match")})
-                    print(f"[raylora train] step {step} eval_loss {metrics['eval_loss']:.4f} "
-                          f"exact_match {metrics['eval_exact_match']:.3f}", flush=True)
+                    progress(f"step {step} eval_loss {metrics['eval_loss']:.4f} "
+                          f"exact_match {metrics['eval_exact_match']:.3f}")
             if do_eval:
                 mlflow_log.flush()
             if step % t.checkpoint_every == 0 or last:
