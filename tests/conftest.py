@@ -38,6 +38,27 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def deepspeed_world_of_one():
+    """torch.distributed over gloo with one rank, as a launcher would set it up. Once per session and
+    shared: DeepSpeed caches its process groups and cannot be initialised again in the same process."""
+    import socket
+
+    import deepspeed
+    import torch
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                               LOCAL_RANK="0").items():
+            env.setenv(key, value)
+        deepspeed.init_distributed(dist_backend="gloo")
+        yield deepspeed
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The offline tiny base model (built once, cached under RAYLORA_CACHE)."""
     from pipelines.assets import tiny_model_path as build

@@ -6,7 +6,6 @@ Everything is real: bitsandbytes 4-bit on CPU, PEFT, a DeepSpeed ZeRO-3 engine o
 """
 
 import json
-import socket
 
 import bitsandbytes as bnb
 import pytest
@@ -216,28 +215,6 @@ def test_empty_adapter_is_refused(tiny_model_path, tmp_path):
     assert not (tmp_path / "a").exists()
     with pytest.raises(TypeError, match="expected a PEFT model"):
         save_adapter(built.model.base_model.model, tmp_path / "a")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def deepspeed_world_of_one():
-    """torch.distributed over gloo with one rank, as a DeepSpeed launcher would set it up; once per module,
-    because DeepSpeed caches its process groups and cannot be initialised again in the same process.
-    """
-    import deepspeed
-
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-                               LOCAL_RANK="0").items():
-            env.setenv(key, value)
-        deepspeed.init_distributed(dist_backend="gloo")
-        yield deepspeed
-        torch.distributed.destroy_process_group()
 
 
 @pytest.fixture

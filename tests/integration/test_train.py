@@ -155,37 +155,24 @@ def test_fine_tuning_raises_exact_match_well_above_the_base_model(ray_local, dem
     assert result.metrics["eval_loss"] < before["eval_loss"] / 4
 
 
-def test_the_per_worker_step_runs_without_ray(demo_config_dict, curated_manifest, monkeypatch):
+def test_the_per_worker_step_runs_without_ray(demo_config_dict, curated_manifest, deepspeed_world_of_one):
     """build_engine + train_batches + train_step + evaluate as plain functions (how a GPU box without Ray
     checks the CUDA path): SGD with momentum and a linear schedule under ZeRO-2, one process over gloo."""
-    import socket
-
-    import torch.distributed as dist
-
     from pipelines.train import build_engine, train_step
     from pipelines.train_data import train_batches
 
     cfg = make_cfg(demo_config_dict, cluster={"num_workers": 1},
                    train={"optimizer": "sgd", "momentum": 0.9, "lr": 0.05, "scheduler": "linear", "max_steps": 8})
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():  # what torchrun would set
-        monkeypatch.setenv(name, value)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        built = build_engine(cfg, total_steps=cfg.train.max_steps)
-        rows = pq.read_table(curated_manifest.train_paths[0]).to_pylist()
-        data = train_batches(rows, built.tokenizer, seq_len=cfg.model.max_seq_len,
-                             micro_batch_size=cfg.train.micro_batch_size)
-        losses = [train_step(built.engine, [next(data)]) for _ in range(cfg.train.max_steps)]
-        assert sum(losses[-2:]) / 2 < losses[0] * 0.9, losses
-        assert built.engine.get_lr()[0] < cfg.train.lr / 4, "the linear schedule decays towards 0"
-        metrics = evaluate(built.model, built.tokenizer, eval_rows(curated_manifest)[:16], seq_len=128,
-                           batch_size=8, max_new_tokens=2, generate_limit=4)
-        assert metrics["eval_loss"] > 0 and 0.0 <= metrics["eval_exact_match"] <= 1.0
-    finally:
-        dist.destroy_process_group()
+    built = build_engine(cfg, total_steps=cfg.train.max_steps)
+    rows = pq.read_table(curated_manifest.train_paths[0]).to_pylist()
+    data = train_batches(rows, built.tokenizer, seq_len=cfg.model.max_seq_len,
+                         micro_batch_size=cfg.train.micro_batch_size)
+    losses = [train_step(built.engine, [next(data)]) for _ in range(cfg.train.max_steps)]
+    assert sum(losses[-2:]) / 2 < losses[0] * 0.9, losses
+    assert built.engine.get_lr()[0] < cfg.train.lr / 4, "the linear schedule decays towards 0"
+    metrics = evaluate(built.model, built.tokenizer, eval_rows(curated_manifest)[:16], seq_len=128,
+                       batch_size=8, max_new_tokens=2, generate_limit=4)
+    assert metrics["eval_loss"] > 0 and 0.0 <= metrics["eval_exact_match"] <= 1.0
 
 
 def test_workers_that_leave_no_cpu_for_the_data_feed_fail_before_they_start(ray_local, demo_config_dict,
