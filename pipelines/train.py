@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from cluster.runtime_env import ensure_ray
 from pipelines.artifacts import DatasetManifest, TrainResult
 from pipelines.assets import resolve_base_model
 from pipelines.config import RayloraConfig
@@ -583,14 +584,6 @@ def _open_mlflow_run(cfg: RayloraConfig, manifest: DatasetManifest) -> str:
     return run.info.run_id
 
 
-def _ensure_ray(cfg: RayloraConfig) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=cfg.cluster.address, runtime_env=cfg.cluster.runtime_env or None,
-                 include_dashboard=False, log_to_driver=True, configure_logging=False)
-
-
 def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None = None) -> TrainResult:
     """Train the adapter on Ray Train + DeepSpeed; returns the TrainResult (also written as JSON).
 
@@ -599,7 +592,7 @@ def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None 
     workers' reports reach the trial."""
     base_path = resolve_base_model(cfg.model.base)
     check_inputs(cfg, manifest, base_path)
-    _ensure_ray(cfg)
+    ensure_ray(cfg, log_to_driver=True)
     import ray
 
     workers_cpu = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker
