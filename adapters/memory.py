@@ -2,7 +2,7 @@
 
     raylora plan configs/demo.yaml
     raylora plan configs/demo.yaml --model-config configs/models/llama-2-7b.json --gpu-memory-gib 24 --num-gpus 2
-    python -m adapters.memory        # planned vs measured (saved tensors, step peak RSS) on the tiny model
+    python -m adapters.memory        # planned vs measured (saved tensors, step peak tensors and RSS), tiny model
 
 The model is built on PyTorch's meta device from its Hugging Face ``config.json`` (no weights are read) and
 the adapter is applied by PEFT itself, so parameter counts are PEFT's, exactly. Bytes are then counted as:
@@ -28,12 +28,16 @@ the adapter is applied by PEFT itself, so parameter counts are PEFT's, exactly. 
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import get_peft_model
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from adapters.build import build_model, peft_config
@@ -321,21 +325,73 @@ def _read_status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} (the RSS measurement needs Linux)")
 
 
-def _step_peak_worker(model_cfg: dict, adapter_cfg: dict, micro_batch: int, seq_len: int, queue) -> None:
-    import gc
-
-    built = build_model(ModelConfig.model_validate(model_cfg), AdapterConfig.model_validate(adapter_cfg))
-    model = built.model
+def _prepared_step(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, micro_batch: int,
+                   seq_len: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tensor]:
+    model = build_model(model_cfg, adapter_cfg).model
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     seeded = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, model.config.vocab_size, (micro_batch, seq_len), generator=seeded)
+    return model, optimizer, input_ids
+
+
+def _training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, input_ids: torch.Tensor) -> None:
+    model(input_ids=input_ids, labels=input_ids).loss.backward()
+    optimizer.step()
+
+
+def _step_peak_worker(model_cfg: dict, adapter_cfg: dict, micro_batch: int, seq_len: int, queue) -> None:
+    import gc
+
+    model, optimizer, input_ids = _prepared_step(ModelConfig.model_validate(model_cfg),
+                                                 AdapterConfig.model_validate(adapter_cfg), micro_batch, seq_len)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark to the current RSS
     before = _read_status_kib("VmRSS") * 1024
-    model(input_ids=input_ids, labels=input_ids).loss.backward()
-    optimizer.step()
+    _training_step(model, optimizer, input_ids)
     queue.put({"rss_before_step": before, "peak_rss": _read_status_kib("VmHWM") * 1024})
+
+
+class PeakTensorBytes(TorchDispatchMode):
+    """Live and peak bytes of the tensor storages that ops create inside the block; a storage counts until it dies.
+
+    This measures what the planner plans (tensors), exactly and the same on every machine. RSS also holds
+    allocator slack, thread-pool scratch and lazily initialised kernel buffers, which differ from one CPU to
+    the next (on CI's machine a checkpointed step's RSS rose 36 MB above its tensors, here 15 MB).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._counted = WeakIdKeyDictionary()
+
+    def _release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor) and value.device.type != "meta":
+                storage = value.untyped_storage()
+                if storage not in self._counted:
+                    self._counted[storage] = storage.nbytes()
+                    self.live += storage.nbytes()
+                    weakref.finalize(storage, self._release, storage.nbytes())
+                    self.peak = max(self.peak, self.live)
+        return out
+
+
+def measure_step_peak_tensor_bytes(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, micro_batch: int,
+                                   seq_len: int) -> int:
+    """Measured: the peak bytes of tensors created during one training step (forward, backward, AdamW step).
+
+    Compare with the planner's gradients + optimizer states + activations (the weights exist before the step).
+    """
+    model, optimizer, input_ids = _prepared_step(model_cfg, adapter_cfg, micro_batch, seq_len)
+    with PeakTensorBytes() as tracker:
+        _training_step(model, optimizer, input_ids)
+    return tracker.peak
 
 
 def measure_step_peak_rss(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, micro_batch: int,
@@ -379,7 +435,7 @@ TINY_BENCH_CASES = {
 
 
 def compare_with_measurement(model_dir: str | Path, micro_batch: int = 8, seq_len: int = 256) -> list[dict[str, Any]]:
-    """Planned vs measured on a real model, one row per case: saved activations (exact) and step peak RSS."""
+    """Planned vs measured on a real model, one row per case: saved activations, step peak tensors and RSS."""
     hf_config = load_hf_config(model_dir)
     rows = []
     for case, (adapter, checkpointing) in TINY_BENCH_CASES.items():
@@ -392,15 +448,18 @@ def compare_with_measurement(model_dir: str | Path, micro_batch: int = 8, seq_le
         input_ids = torch.randint(0, hf_config.vocab_size, (micro_batch, seq_len))
         saved = saved_activation_bytes(built.model, input_ids)
         del built
-        step = measure_step_peak_rss(model_cfg, adapter_cfg, micro_batch, seq_len)
+        step_tensors = measure_step_peak_tensor_bytes(model_cfg, adapter_cfg, micro_batch, seq_len)
+        step_rss = measure_step_peak_rss(model_cfg, adapter_cfg, micro_batch, seq_len)
         planned_step = planned["gradients"] + planned["optimizer_states"] + planned["activations"]
         rows.append({
             "case": case, "micro_batch": micro_batch, "seq_len": seq_len,
             "saved_activations_planned": planned["activation_detail"]["saved_for_backward"],
             "saved_activations_measured": saved,
             "saved_ratio": round(planned["activation_detail"]["saved_for_backward"] / saved, 3),
-            "step_peak_planned": planned_step, "step_peak_rss_measured": step["step_peak_delta"],
-            "step_ratio": round(planned_step / step["step_peak_delta"], 3),
+            "step_peak_planned": planned_step, "step_peak_tensors_measured": step_tensors,
+            "step_tensor_ratio": round(planned_step / step_tensors, 3),
+            "step_peak_rss_measured": step_rss["step_peak_delta"],
+            "step_rss_ratio": round(planned_step / step_rss["step_peak_delta"], 3),
         })
     return rows
 

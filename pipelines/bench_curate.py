@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cluster.runtime_env import ensure_ray
 from pipelines import sample_data
 from pipelines.config import RayloraConfig
 from pipelines.curate import DROPPED_SCHEMA, OUTPUT_SCHEMA, _resolve_tokenizer, _token_counter, curate
@@ -251,9 +252,7 @@ def peak_rss() -> Iterator[dict[str, int]]:
 
 def run_bench(cfg: RayloraConfig, sizes: tuple[int, ...] = (50_000, 200_000)) -> dict[str, Any]:
     """Every curation benchmark, printed as it goes; returns the numbers."""
-    from pipelines.curate import ensure_ray
-
-    ensure_ray(cfg)
+    ensure_ray(cfg, log_to_driver=False)
     root = cfg.path("bench", "curate")
     results: dict[str, Any] = {}
 

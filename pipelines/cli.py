@@ -55,7 +55,21 @@ def cmd_tune(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_train(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    return _not_built("train")
+    """Train on the curated manifest ``<workdir>/<curate.output_dir>/manifest.json``; rerun to resume."""
+    from pipelines.artifacts import DatasetManifest
+    from pipelines.train import train
+
+    manifest_path = cfg.path(cfg.curate.output_dir, "manifest.json")
+    if not manifest_path.is_file():
+        raise StageError(f"no curated dataset at {manifest_path}: run `raylora curate {args.config}` first")
+    result = train(cfg, DatasetManifest.read(manifest_path))
+    width = max(len(k) for k in result.metrics)
+    for key, value in sorted(result.metrics.items()):
+        print(f"  {key:<{width}}  {value:.6g}")
+    print(f"adapter     {result.adapter_path}")
+    print(f"checkpoint  {result.checkpoint_path}")
+    print(f"mlflow run  {result.mlflow_run_id} ({cfg.tracking_uri})")
+    return EXIT_OK
 
 
 def cmd_register(cfg: RayloraConfig, args: argparse.Namespace) -> int:
@@ -101,16 +115,15 @@ def cmd_plan(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    """Each stage's benchmark; ``all`` runs every one that is built."""
+    """Each stage's benchmark, measured side by side; ``all`` runs every one."""
     if args.what in ("curate", "all"):
         from pipelines.bench_curate import run_bench
 
         run_bench(cfg)
     if args.what in ("train", "all"):
-        # the train stage's benchmark goes here
-        code = _not_built("bench train")
-        if args.what == "train":
-            return code
+        from pipelines.bench_train import bench_train
+
+        print(bench_train(cfg))
     return EXIT_OK
 
 

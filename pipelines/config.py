@@ -156,6 +156,7 @@ class TrainConfig(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     packing: bool = True
     train_on_responses_only: bool = True
+    log_every: int = Field(10, ge=1, description="steps between progress lines and reported train metrics")
     eval_every: int = Field(50, ge=1)
     eval_max_new_tokens: int = Field(16, ge=1)
     eval_generate_limit: int | None = Field(64, ge=1, description="eval rows scored by greedy exact match")

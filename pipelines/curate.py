@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from cluster.runtime_env import ensure_ray
 from pipelines.artifacts import DatasetManifest
 from pipelines.config import CurateConfig, RayloraConfig
 from pipelines.dedup import (
@@ -47,15 +48,6 @@ MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string
 OUTPUT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("messages", MESSAGES_TYPE)])
 DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
                             ("detail", pa.string())])
-
-
-def ensure_ray(cfg: RayloraConfig) -> None:
-    """Start Ray locally (or join ``cluster.address``) unless the caller already did."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=cfg.cluster.address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
 
 
 @lru_cache(maxsize=2)
@@ -239,7 +231,7 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False) ->
     """
     import ray
 
-    ensure_ray(cfg)
+    ensure_ray(cfg, log_to_driver=False)
     partitions = max(1, int(ray.cluster_resources().get("CPU", 1)))
     with shuffle_partitions(partitions), _ray_data_logs(verbose):
         return _curate(cfg, quiet)

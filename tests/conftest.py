@@ -38,6 +38,27 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def deepspeed_world_of_one():
+    """torch.distributed over gloo with one rank, as a launcher would set it up. Once per session and
+    shared: DeepSpeed caches its process groups and cannot be initialised again in the same process."""
+    import socket
+
+    import deepspeed
+    import torch
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                               LOCAL_RANK="0").items():
+            env.setenv(key, value)
+        deepspeed.init_distributed(dist_backend="gloo")
+        yield deepspeed
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The offline tiny base model (built once, cached under RAYLORA_CACHE)."""
     from pipelines.assets import tiny_model_path as build
@@ -65,3 +86,54 @@ def demo_config_dict(sample_data, tmp_path) -> dict:
     ]
     raw["data"]["eval_sets"] = [str(sample_data["eval"])]
     return raw
+
+
+def _canonical_messages(row: dict) -> list[dict]:
+    """One clean sample row (alpaca / sharegpt / openai shape) as canonical messages."""
+    if "messages" in row:
+        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    if "conversations" in row:
+        roles = {"human": "user", "gpt": "assistant", "system": "system"}
+        return [{"role": roles[t["from"]], "content": t["value"]} for t in row["conversations"]]
+    prompt = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+
+
+@pytest.fixture(scope="session")
+def curated_manifest(sample_data, tmp_path_factory):
+    """A DatasetManifest of the sample data's clean rows in the curated Parquet shape (what `raylora curate`
+    writes): train = the clean rows of alpaca / sharegpt / openai, eval = the held-out eval set."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.artifacts import DatasetManifest
+    from pipelines.sample_data import read_labels
+
+    out = tmp_path_factory.mktemp("curated")
+    clean = {lab["id"] for lab in read_labels(sample_data["labels"]) if lab["kind"] == "clean"}
+    train_rows = []
+    for fmt in ("alpaca", "sharegpt", "openai"):
+        for line in sample_data[fmt].read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("id") in clean:
+                train_rows.append({"id": row["id"], "source": fmt, "messages": _canonical_messages(row)})
+    eval_rows = [{"id": r["id"], "source": "eval", "messages": r["messages"]}
+                 for r in map(json.loads, sample_data["eval"].read_text().splitlines())]
+    paths = {}
+    for split, rows in (("train", sorted(train_rows, key=lambda r: r["id"])), ("eval", eval_rows)):
+        paths[split] = out / f"{split}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), paths[split])
+    digest = hashlib.sha256(json.dumps(sorted(r["id"] for r in train_rows + eval_rows)).encode()).hexdigest()
+    manifest = DatasetManifest(
+        train_paths=[str(paths["train"])], eval_paths=[str(paths["eval"])], dropped_paths=[],
+        num_read=len(train_rows) + len(eval_rows), num_train=len(train_rows), num_eval=len(eval_rows), num_dropped=0,
+        dropped_by_reason={}, per_source={}, content_hash=digest, config={},
+    )
+    manifest.write(out / "manifest.json")
+    return manifest

@@ -6,7 +6,6 @@ Everything is real: bitsandbytes 4-bit on CPU, PEFT, a DeepSpeed ZeRO-3 engine o
 """
 
 import json
-import socket
 
 import bitsandbytes as bnb
 import pytest
@@ -218,28 +217,6 @@ def test_empty_adapter_is_refused(tiny_model_path, tmp_path):
         save_adapter(built.model.base_model.model, tmp_path / "a")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def deepspeed_world_of_one():
-    """torch.distributed over gloo with one rank, as a DeepSpeed launcher would set it up; once per module,
-    because DeepSpeed caches its process groups and cannot be initialised again in the same process.
-    """
-    import deepspeed
-
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-                               LOCAL_RANK="0").items():
-            env.setenv(key, value)
-        deepspeed.init_distributed(dist_backend="gloo")
-        yield deepspeed
-        torch.distributed.destroy_process_group()
-
-
 @pytest.fixture
 def zero3(deepspeed_world_of_one):
     """A ZeRO-3 engine replaces torch.nn.functional.linear for the rest of the process (DeepSpeed's
@@ -315,21 +292,23 @@ def test_planned_activations_match_autograds_saved_tensors(tiny_model_path, adap
 
 @pytest.mark.slow
 @pytest.mark.parametrize("gradient_checkpointing", [False, True], ids=["full", "checkpointed"])
-def test_planned_step_memory_matches_measured_peak_rss(tiny_model_path, gradient_checkpointing):
-    """One real training step in a fresh process: the rise of peak RSS against gradients + optimizer + activations.
+def test_planned_step_memory_matches_measured_peak_tensor_bytes(tiny_model_path, gradient_checkpointing):
+    """One real training step: the peak of the tensors it creates against gradients + optimizer + activations.
 
-    Tolerance 20%: the activation estimate is op by op, and the process's RSS also holds allocator slack.
+    Tolerance 20%: the activation estimate is op by op; with checkpointing it counts a whole recomputed layer
+    (measured here: 1.17x, on the safe side). The step's RSS is reported by ``python -m adapters.memory``
+    but not asserted, because allocator slack and kernel scratch in it differ from one CPU to the next.
     """
     micro_batch, seq_len = 8, 256
     model_cfg = ModelConfig(base=str(tiny_model_path), max_seq_len=seq_len,
                             gradient_checkpointing=gradient_checkpointing)
     adapter_cfg = AdapterConfig(target_modules="all-linear")
-    measured = memory.measure_step_peak_rss(model_cfg, adapter_cfg, micro_batch, seq_len)
+    measured = memory.measure_step_peak_tensor_bytes(model_cfg, adapter_cfg, micro_batch, seq_len)
     train_cfg = TrainConfig(micro_batch_size=micro_batch, precision="fp32", deepspeed={"stage": 0})
     plan = memory.plan(model_cfg, adapter_cfg, train_cfg, memory.load_hf_config(tiny_model_path))
     planned = sum(plan["bytes"][key] for key in ("gradients", "optimizer_states", "activations"))
-    assert measured["step_peak_delta"] > 50 * 2**20  # large enough to stand out from allocator noise
-    assert planned == pytest.approx(measured["step_peak_delta"], rel=0.20)
+    assert measured > 40 * 2**20  # a step big enough that the comparison means something
+    assert planned == pytest.approx(measured, rel=0.20)
 
 
 

@@ -140,3 +140,21 @@ def test_cli_plan_names_a_missing_model_config(demo_config_dict, tmp_path, capsy
     path.write_text(json.dumps(demo_config_dict))
     assert cli.main(["plan", str(path), "--model-config", str(tmp_path / "nope.json")]) == 2
     assert "configs/models/llama-2-7b.json" in capsys.readouterr().err
+
+
+def test_peak_tensor_bytes_counts_live_storages_once_and_releases_dead_ones():
+    import torch
+
+    from adapters.memory import PeakTensorBytes
+
+    mib = 2**20
+    with PeakTensorBytes() as tracker:
+        first = torch.zeros(mib // 4)  # 1 MiB of float32
+        view = first[: mib // 8]  # a view shares the storage: not counted again
+        view.add_(1)
+        del first, view
+        second = torch.ones(2 * mib // 4)  # 2 MiB, created after the first died
+    assert tracker.peak == 2 * mib
+    assert tracker.live == 2 * mib
+    del second
+    assert tracker.live == 0

@@ -1,0 +1,184 @@
+"""Distributed adapter training on real Ray Train + DeepSpeed (CPU, gloo), fed by Ray Data.
+
+    PYTHONPATH=$PWD .venv/bin/python -m pytest tests/integration/test_train.py -q
+"""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from adapters.build import quantization_config
+from pipelines.config import validate_config
+from pipelines.train import FAULT_KILL_ENV, evaluate, train
+
+
+def make_cfg(demo_config_dict, **sections):
+    """The demo config made small: 2 workers on the shared 2-CPU cluster, a few short steps."""
+    raw = dict(demo_config_dict)
+    raw["train"] = {**raw["train"], "max_steps": 6, "micro_batch_size": 4, "lr": 3e-3, "warmup_ratio": 0.0,
+                    "eval_every": 6, "checkpoint_every": 6, "log_every": 1, "eval_generate_limit": 4,
+                    "eval_max_new_tokens": 4, **sections.pop("train", {})}
+    raw["model"] = {**raw["model"], "max_seq_len": 128}
+    raw["cluster"] = {**raw["cluster"], "num_workers": 2, "cpus_per_worker": 0.5, **sections.pop("cluster", {})}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return validate_config(raw)
+
+
+def metric_history(cfg, run_id: str, key: str) -> list[tuple[int, float]]:
+    history = MlflowClient(cfg.tracking_uri).get_metric_history(run_id, key)
+    return sorted((m.step, m.value) for m in history)
+
+
+def eval_rows(manifest) -> list[dict]:
+    return [row for path in manifest.eval_paths for row in pq.read_table(path).to_pylist()]
+
+
+QUANT_ZERO3 = {"compute_dtype": "float32", "quant_storage": "float32"}
+CASES = [
+    pytest.param("lora", 2, {}, id="lora-zero2"),
+    pytest.param("lora", 3, {}, id="lora-zero3"),
+    pytest.param("qlora", 2, {}, id="qlora-zero2"),
+    pytest.param("qlora", 3, QUANT_ZERO3, id="qlora-zero3"),
+    pytest.param("dora", 2, {}, id="dora-zero2"),
+    pytest.param("dora", 3, {}, id="dora-zero3"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "stage", "quant"), CASES)
+def test_two_workers_train_and_the_adapter_reloads_in_plain_peft(
+        ray_local, demo_config_dict, curated_manifest, tiny_model_path, method, stage, quant):
+    cfg = make_cfg(demo_config_dict, run_name=f"{method}-z{stage}",
+                   adapter={"method": method, "quant": quant}, train={"deepspeed": {"stage": stage}})
+    result = train(cfg, curated_manifest)
+
+    losses = [v for _, v in metric_history(cfg, result.mlflow_run_id, "train_loss")]
+    assert len(losses) == cfg.train.max_steps
+    assert sum(losses[-2:]) / 2 < losses[0] * 0.9, f"loss did not fall: {losses}"
+    assert result.metrics["step"] == cfg.train.max_steps
+    assert 0.5 < result.metrics["packing_efficiency"] <= 1.0
+    assert result.metrics["tokens_per_s"] > 0 and result.metrics["peak_memory_mib"] > 0
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, quantization_config=quantization_config(cfg.adapter))
+    model = PeftModel.from_pretrained(base, result.adapter_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    reloaded = evaluate(model, tokenizer, eval_rows(curated_manifest), seq_len=cfg.model.max_seq_len,
+                        batch_size=cfg.train.micro_batch_size, max_new_tokens=4, generate_limit=0)
+    assert reloaded["eval_loss"] == pytest.approx(result.metrics["eval_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restored_from_the_last_checkpoint_and_the_step_counter_continues(
+        ray_local, demo_config_dict, curated_manifest, monkeypatch):
+    """The last rank SIGKILLs its own process at step 3 (a real death); FailureConfig restarts the group
+    from the step-2 checkpoint and the run finishes at step 5."""
+    monkeypatch.setenv(FAULT_KILL_ENV, "3")
+    cfg = make_cfg(demo_config_dict, run_name="killed", cluster={"max_failures": 1},
+                   train={"max_steps": 5, "checkpoint_every": 2, "eval_every": 2})
+    result = train(cfg, curated_manifest)
+    assert result.metrics["resumed_from_step"] == 2
+    assert result.metrics["step"] == 5
+    steps = [step for step, _ in metric_history(cfg, result.mlflow_run_id, "train_loss")]
+    assert steps == [1, 2, 3, 4, 5], "steps 1-2 before the kill, 3-5 after the restore, none repeated"
+
+
+@pytest.mark.slow
+def test_rerunning_a_failed_run_with_the_same_name_resumes_it(ray_local, demo_config_dict, curated_manifest,
+                                                              monkeypatch):
+    from pipelines.errors import StageError
+
+    """The whole run dies (no retries left) right after its step-2 checkpoint; the same command again resumes
+    there rather than starting over, and continues the same MLflow run."""
+    cfg = make_cfg(demo_config_dict, run_name="rerun", cluster={"num_workers": 1, "max_failures": 0},
+                   train={"max_steps": 5, "checkpoint_every": 2, "eval_every": 2})
+    monkeypatch.setenv(FAULT_KILL_ENV, "3")
+    with pytest.raises(StageError, match="rerun failed"):
+        train(cfg, curated_manifest)
+    monkeypatch.delenv(FAULT_KILL_ENV)
+    result = train(cfg, curated_manifest)
+    assert result.metrics["resumed_from_step"] == 2 and result.metrics["step"] == 5
+    steps = sorted({step for step, _ in metric_history(cfg, result.mlflow_run_id, "train_loss")})
+    assert steps == [1, 2, 3, 4, 5], "the rerun continues the same MLflow run from step 3"
+
+
+def test_a_manifest_pointing_at_missing_files_fails_before_workers_start(demo_config_dict, curated_manifest, tmp_path):
+    import dataclasses
+
+    from pipelines.errors import StageError
+
+    cfg = make_cfg(demo_config_dict)
+    broken = dataclasses.replace(curated_manifest, train_paths=[str(tmp_path / "gone.parquet")])
+    with pytest.raises(StageError, match=r"missing file.*raylora curate"):
+        train(cfg, broken)
+    assert not cfg.path("ray_results").exists()
+
+
+def test_a_sequence_longer_than_the_model_supports_fails_before_workers_start(demo_config_dict, curated_manifest):
+    from pipelines.errors import ConfigError
+
+    cfg = make_cfg(demo_config_dict)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"max_seq_len": 4096})})
+    with pytest.raises(ConfigError, match=r"model.max_seq_len=512 or less"):
+        train(cfg, curated_manifest)
+    assert not cfg.path("ray_results").exists()
+
+
+def test_zero3_qlora_without_matching_quant_storage_fails_naming_the_fix(demo_config_dict):
+    from pipelines.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"set adapter.quant.quant_storage=float32"):
+        make_cfg(demo_config_dict, adapter={"method": "qlora"}, train={"deepspeed": {"stage": 3}})
+
+
+@pytest.mark.slow
+def test_fine_tuning_raises_exact_match_well_above_the_base_model(ray_local, demo_config_dict, curated_manifest,
+                                                                   tiny_model_path):
+    """The base learned the facts as prose ("3 + 4 = 7.") but never saw the chat format: it answers no eval
+    question exactly. A short LoRA run teaches the format, and the answers follow."""
+    cfg = make_cfg(demo_config_dict, run_name="accuracy", adapter={"r": 16, "dropout": 0.0},
+                   cluster={"num_workers": 1, "cpus_per_worker": 1},
+                   train={"max_steps": 150, "micro_batch_size": 8, "lr": 5e-3, "warmup_ratio": 0.05,
+                          "eval_every": 150, "checkpoint_every": 150, "log_every": 25, "eval_generate_limit": 64,
+                          "eval_max_new_tokens": 6})
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    before = evaluate(base, tokenizer, eval_rows(curated_manifest), seq_len=cfg.model.max_seq_len, batch_size=16,
+                      max_new_tokens=6, generate_limit=64)
+    result = train(cfg, curated_manifest)
+    after = result.metrics["eval_exact_match"]
+    assert after >= before["eval_exact_match"] + 0.08, f"exact match {before['eval_exact_match']:.3f} -> {after:.3f}"
+    assert result.metrics["eval_loss"] < before["eval_loss"] / 4
+
+
+def test_the_per_worker_step_runs_without_ray(demo_config_dict, curated_manifest, deepspeed_world_of_one):
+    """build_engine + train_batches + train_step + evaluate as plain functions (how a GPU box without Ray
+    checks the CUDA path): SGD with momentum and a linear schedule under ZeRO-2, one process over gloo."""
+    from pipelines.train import build_engine, train_step
+    from pipelines.train_data import train_batches
+
+    cfg = make_cfg(demo_config_dict, cluster={"num_workers": 1},
+                   train={"optimizer": "sgd", "momentum": 0.9, "lr": 0.05, "scheduler": "linear", "max_steps": 8})
+    built = build_engine(cfg, total_steps=cfg.train.max_steps)
+    rows = pq.read_table(curated_manifest.train_paths[0]).to_pylist()
+    data = train_batches(rows, built.tokenizer, seq_len=cfg.model.max_seq_len,
+                         micro_batch_size=cfg.train.micro_batch_size)
+    losses = [train_step(built.engine, [next(data)]) for _ in range(cfg.train.max_steps)]
+    assert sum(losses[-2:]) / 2 < losses[0] * 0.9, losses
+    assert built.engine.get_lr()[0] < cfg.train.lr / 4, "the linear schedule decays towards 0"
+    metrics = evaluate(built.model, built.tokenizer, eval_rows(curated_manifest)[:16], seq_len=128,
+                       batch_size=8, max_new_tokens=2, generate_limit=4)
+    assert metrics["eval_loss"] > 0 and 0.0 <= metrics["eval_exact_match"] <= 1.0
+
+
+def test_workers_that_leave_no_cpu_for_the_data_feed_fail_before_they_start(ray_local, demo_config_dict,
+                                                                          curated_manifest):
+    from pipelines.errors import ConfigError
+
+    cfg = make_cfg(demo_config_dict, cluster={"num_workers": 2, "cpus_per_worker": 1})
+    with pytest.raises(ConfigError, match=r"set cluster.cpus_per_worker=0.5"):
+        train(cfg, curated_manifest)
