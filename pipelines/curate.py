@@ -276,15 +276,17 @@ def _curate(cfg: RayloraConfig, quiet: bool) -> DatasetManifest:
                      num_perm=settings.minhash_num_perm, shingle_words=settings.shingle_words)
     dedup = spec.__dict__ if spec.exact or spec.near else None
 
-    # 1. read + filter + decontaminate + dedup keys: one streaming pass, every row written with its reason
+    # 1. read + filter + decontaminate + dedup keys: one streaming pass, every row written with its reason.
+    # One task per read chunk: Ray fuses these ops and bundles their input (one row per chunk) up to the
+    # largest batch_size or min_rows_per_file, so either would put every chunk into one task on one core.
     rows_dir = work / "rows"
     try:
         (ray.data.from_items(chunk_items(chunks), override_num_blocks=max(len(chunks), 1))
          .map_batches(read_chunk_batch, batch_size=1)
-         .map_batches(filter_batch, batch_format="pyarrow", batch_size=1000,
+         .map_batches(filter_batch, batch_format="pyarrow", batch_size=None,
                       fn_kwargs={"curate": settings.model_dump(), "tokenizer": _resolve_tokenizer(cfg),
                                  "max_tokens": max_tokens, "eval_index": eval_index, "dedup": dedup})
-         .write_parquet(str(rows_dir), min_rows_per_file=ROWS_PER_FILE))
+         .write_parquet(str(rows_dir)))
     except Exception as err:  # a Ray task wraps the StageError of a source it could not open (hf://, remote)
         opening = [line for line in str(err).splitlines() if "cannot open data source" in line]
         if opening:

@@ -36,7 +36,7 @@ from pipelines.errors import StageError
 
 MALFORMED = "malformed"
 HF_PREFIX = "hf://"
-CHUNK_BYTES = 8 << 20  # JSONL byte range per read task
+CHUNK_BYTES = 2 << 20  # JSONL byte range per read task: small enough that the last tasks do not run alone
 FILE_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 # The columns every stage of curation carries; `messages` travels as JSON text inside the pipeline
