@@ -188,6 +188,17 @@ def parse_line(raw: bytes) -> Any:
         raise MalformedRecord(f"not JSON: {err}") from None
 
 
+def _is_utf8(value: Any) -> bool:
+    """False for a string holding bytes that ``surrogateescape`` could not decode."""
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # --- planning on the driver: which chunks to read -------------------------------------------------
 
 def _file_kind(path: str) -> str:
@@ -311,8 +322,13 @@ def read_chunk(chunk: ReadChunk) -> Iterator[dict]:
             yield canonical_row(record, source, fmt, fmap, f"{stem}:{index}")
     elif chunk.kind == "csv":
         with fsspec.open(chunk.path, "rb") as handle:
-            text = handle.read().decode("utf-8", errors="replace")
+            # surrogateescape keeps undecodable bytes visible per field, so only the rows holding them are quarantined
+            text = handle.read().decode("utf-8", errors="surrogateescape")
         for index, record in enumerate(csv.DictReader(io.StringIO(text)), start=2):  # line 1 is the header
+            undecodable = [column for column, value in record.items() if not _is_utf8(value)]
+            if undecodable:
+                yield malformed_row(f"{stem}:{index}", source, f"invalid UTF-8 in column {undecodable[0]!r}")
+                continue
             yield canonical_row(dict(record), source, fmt, fmap, f"{stem}:{index}")
     elif chunk.kind == "parquet":
         import pyarrow.parquet as pq

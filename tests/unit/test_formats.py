@@ -116,6 +116,17 @@ def test_json_csv_parquet_and_globs(tmp_path):
     assert len(rows) == 15 and {r["source"] for r in rows} == {"all"}
 
 
+def test_csv_row_with_invalid_utf8_is_quarantined_and_its_neighbours_kept(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(b"id,prompt,completion\n"
+                     b"r1,What is 1 + 1?,2\n"
+                     b"r2,What is \xff\xfe?,3\n"
+                     b"r3,What is 3 + 1?,4\n")
+    rows = _read_all([DataSource(path=str(path))])
+    assert [(r["id"], r["reason"]) for r in rows] == [("r1", ""), ("mixed:3", "malformed"), ("r3", "")]
+    assert rows[1]["detail"] == "invalid UTF-8 in column 'prompt'"
+
+
 def test_a_source_that_cannot_be_opened_fails_naming_it(tmp_path):
     with pytest.raises(StageError, match="missing.jsonl"):
         plan_chunks([DataSource(path=str(tmp_path / "missing.jsonl"))])
