@@ -113,20 +113,24 @@ def check_targets(model: torch.nn.Module, adapter_cfg: AdapterConfig) -> None:
     targets = target_modules(adapter_cfg)
     if isinstance(targets, str):
         return
-    linear_names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                           if isinstance(module, torch.nn.Linear) and name})
     module_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
     missing = [t for t in targets if t not in module_names]
     if missing:
+        linear_names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                               if isinstance(module, torch.nn.Linear) and name})
         raise ConfigError(
             f"adapter.target_modules {missing} are not modules of {model.config.model_type}: "
             f"pick from its linear layers {linear_names}, or use adapter.target_modules=all-linear"
         )
 
 
-def count_params(model: PeftModel) -> tuple[int, int]:
-    """(trainable, total) as PEFT counts them: 4-bit weights at logical size, ZeRO-3 shards at full size."""
-    return model.get_nb_trainable_parameters()
+def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, padding with EOS when it defines no pad token (Llama's does not)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_cfg.base, revision=model_cfg.revision,
+                                              trust_remote_code=model_cfg.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def local_model_dir(model_cfg: ModelConfig) -> Path:
@@ -193,10 +197,7 @@ def build_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> BuiltMode
     ZeRO-3 shards a 4-bit base only when every parameter has one dtype, and the memory planner counts them
     at ``model.dtype``.
     """
-    tokenizer = AutoTokenizer.from_pretrained(model_cfg.base, revision=model_cfg.revision,
-                                              trust_remote_code=model_cfg.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_cfg)
     base = load_base(model_cfg, adapter_cfg)
     check_targets(base, adapter_cfg)
     if model_cfg.gradient_checkpointing:
@@ -205,5 +206,6 @@ def build_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> BuiltMode
     model = get_peft_model(base, peft_config(adapter_cfg))
     if adapter_cfg.init == "loftq":
         loftq_init(model, local_model_dir(model_cfg))
-    trainable, total = count_params(model)
+    # as PEFT counts them: 4-bit weights at logical size, ZeRO-3 shards at full size
+    trainable, total = model.get_nb_trainable_parameters()
     return BuiltModel(model=model, tokenizer=tokenizer, trainable_params=trainable, total_params=total)

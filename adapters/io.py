@@ -13,6 +13,7 @@ of being written silently (a known failure of other tools).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -44,12 +45,12 @@ def adapter_state_dict(model: PeftModel, gather: bool = True) -> dict[str, torch
     """
     model = unwrap(model)
     sharded = zero3_adapter_params(model) if gather else []
+    gathered = contextlib.nullcontext()
     if sharded:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(sharded, modifier_rank=None):
-            state = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
-    else:
+        gathered = deepspeed.zero.GatheredParameters(sharded, modifier_rank=None)
+    with gathered:
         state = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
     check_not_empty(state)
     return state

@@ -50,7 +50,6 @@ QUANT_BLOCK, DOUBLE_QUANT_BLOCK = 64, 256
 FOUR_BIT_BITS = 4 + 32 / QUANT_BLOCK
 FOUR_BIT_DOUBLE_QUANT_BITS = 4 + 8 / QUANT_BLOCK + 32 / (QUANT_BLOCK * DOUBLE_QUANT_BLOCK)
 RESERVE_GIB = 1.0  # CUDA context, NCCL buffers and allocator fragmentation, kept free on every GPU
-DECODER_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -260,10 +259,9 @@ def plan(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, train_cfg: TrainCon
         row["fits"] = row["gpu_total"] <= budget
         rows.append(row)
     ds = train_cfg.deepspeed
-    configured = next(r for r in rows if (r["zero_stage"], r["offload_optimizer"], r["offload_params"])
-                      == (ds.stage, ds.offload_optimizer, ds.offload_params))
-    fitting = sorted((r for r in rows if r["fits"]),
-                     key=lambda r: Setting(r["zero_stage"], r["offload_optimizer"], r["offload_params"]).cost_rank)
+    by_setting = dict(zip(SETTINGS, rows, strict=True))
+    configured = by_setting[Setting(ds.stage, ds.offload_optimizer, ds.offload_params)]
+    fitting = [row for setting, row in sorted(by_setting.items(), key=lambda item: item[0].cost_rank) if row["fits"]]
     return {
         "model": {"model_type": shape.model_type, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
                   "vocab_size": shape.vocab_size, "dtype": model_cfg.dtype, "max_seq_len": model_cfg.max_seq_len},
@@ -375,9 +373,9 @@ class PeakTensorBytes(TorchDispatchMode):
             if isinstance(value, torch.Tensor) and value.device.type != "meta":
                 storage = value.untyped_storage()
                 if storage not in self._counted:
-                    self._counted[storage] = storage.nbytes()
-                    self.live += storage.nbytes()
-                    weakref.finalize(storage, self._release, storage.nbytes())
+                    self._counted[storage] = nbytes = storage.nbytes()
+                    self.live += nbytes
+                    weakref.finalize(storage, self._release, nbytes)
                     self.peak = max(self.peak, self.live)
         return out
 

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
-from adapters.build import load_base
+from adapters.build import DTYPES, load_base, load_tokenizer
 from adapters.io import check_adapter_dir, load_adapter
 from pipelines.config import AdapterConfig, ModelConfig
 
@@ -46,8 +45,7 @@ class MergeReport:
 
 
 def probe_batch(tokenizer, texts: tuple[str, ...] | list[str] = PROBE_TEXTS) -> dict[str, torch.Tensor]:
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    """A padded batch of probe texts; ``tokenizer`` comes from ``adapters.build.load_tokenizer`` (it pads)."""
     return tokenizer(list(texts), return_tensors="pt", padding=True)
 
 
@@ -62,8 +60,7 @@ def merge_adapter(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, adapter_di
                   out_dir: str | Path, probe_texts: tuple[str, ...] | list[str] = PROBE_TEXTS) -> MergeReport:
     """Merge ``adapter_dir`` into ``model_cfg.base``, save model + tokenizer to ``out_dir``, report the logit diff."""
     adapter_dir, out = check_adapter_dir(adapter_dir), Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_cfg.base, revision=model_cfg.revision,
-                                              trust_remote_code=model_cfg.trust_remote_code)
+    tokenizer = load_tokenizer(model_cfg)
     batch = probe_batch(tokenizer, probe_texts)
     unmerged = load_adapter(load_base(model_cfg, adapter_cfg), adapter_dir)
     reference = _logits(unmerged, batch)
@@ -73,7 +70,7 @@ def merge_adapter(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, adapter_di
         del unmerged
         base = load_base(model_cfg, adapter_cfg)
         base.dequantize()
-        unmerged = load_adapter(base.to(getattr(torch, model_cfg.dtype)), adapter_dir)
+        unmerged = load_adapter(base.to(DTYPES[model_cfg.dtype]), adapter_dir)
     merged = unmerged.merge_and_unload()
     merged_logits = _logits(merged, batch)
     merged.save_pretrained(out, safe_serialization=True)

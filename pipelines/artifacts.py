@@ -9,16 +9,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipelines.errors import StageError
 
+if TYPE_CHECKING:
+    from pipelines.config import RayloraConfig
+
 ARTIFACT_VERSION = 1
 A = TypeVar("A", bound="Artifact")
-
-# The canonical record every curated row follows (Parquet schema of train / eval splits):
-#   id: string, source: string, messages: list<struct<role: string, content: string>>
-CANONICAL_COLUMNS = ("id", "source", "messages")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,3 +103,19 @@ class Registration(Artifact):
     aliases: list[str]
     promoted: bool
     reason: str
+
+
+MANIFEST_FILE = "manifest.json"
+
+
+def curated_manifest_path(cfg: RayloraConfig) -> Path:
+    """Where curation writes its manifest and training and tuning read it."""
+    return cfg.path(cfg.curate.output_dir, MANIFEST_FILE)
+
+
+def read_curated_manifest(cfg: RayloraConfig, config_path: str) -> DatasetManifest:
+    """The curated dataset's manifest, or a StageError that says which ``raylora curate`` to run first."""
+    path = curated_manifest_path(cfg)
+    if not path.is_file():
+        raise StageError(f"no curated dataset at {path}: run `raylora curate {config_path}` first")
+    return DatasetManifest.read(path)

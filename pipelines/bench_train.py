@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.artifacts import DatasetManifest
+from pipelines.artifacts import DatasetManifest, read_curated_manifest
 from pipelines.assets import resolve_base_model
 from pipelines.config import RayloraConfig
 from pipelines.errors import StageError
@@ -152,14 +152,11 @@ def raylora_tokens_per_s(cfg: RayloraConfig, manifest: DatasetManifest) -> float
     return statistics.median(values[WARMUP_WINDOWS:] or values)
 
 
-def bench_train(cfg: RayloraConfig) -> BenchResult:
+def bench_train(cfg: RayloraConfig, config_path: str) -> BenchResult:
     """Bare loop, raylora with 1 worker, raylora with 2 workers; same model, batch, sequence length and steps."""
     import pyarrow.parquet as pq
 
-    manifest_path = cfg.path(cfg.curate.output_dir, "manifest.json")
-    if not manifest_path.is_file():
-        raise StageError(f"no curated dataset at {manifest_path}: run `raylora curate` with this config first")
-    manifest = DatasetManifest.read(manifest_path)
+    manifest = read_curated_manifest(cfg, config_path)
     # no eval or checkpoint inside the measured steps: one at the end; the steps are fixed
     steps = cfg.train.max_steps or 40
     train_cfg = cfg.train.model_copy(update={

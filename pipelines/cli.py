@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from pipelines.artifacts import curated_manifest_path, read_curated_manifest
 from pipelines.config import RayloraConfig, dump_config, load_config
 from pipelines.errors import ConfigError, StageError
 
@@ -45,7 +46,7 @@ def cmd_curate(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     from pipelines.curate import curate
 
     manifest = curate(cfg)
-    print(f"manifest: {cfg.path(cfg.curate.output_dir, 'manifest.json')} "
+    print(f"manifest: {curated_manifest_path(cfg)} "
           f"(train {manifest.num_train}, eval {manifest.num_eval}, dropped {manifest.num_dropped})")
     return EXIT_OK
 
@@ -56,13 +57,9 @@ def cmd_tune(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 def cmd_train(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     """Train on the curated manifest ``<workdir>/<curate.output_dir>/manifest.json``; rerun to resume."""
-    from pipelines.artifacts import DatasetManifest
     from pipelines.train import train
 
-    manifest_path = cfg.path(cfg.curate.output_dir, "manifest.json")
-    if not manifest_path.is_file():
-        raise StageError(f"no curated dataset at {manifest_path}: run `raylora curate {args.config}` first")
-    result = train(cfg, DatasetManifest.read(manifest_path))
+    result = train(cfg, read_curated_manifest(cfg, args.config))
     width = max(len(k) for k in result.metrics)
     for key, value in sorted(result.metrics.items()):
         print(f"  {key:<{width}}  {value:.6g}")
@@ -123,7 +120,7 @@ def cmd_bench(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     if args.what in ("train", "all"):
         from pipelines.bench_train import bench_train
 
-        print(bench_train(cfg))
+        print(bench_train(cfg, args.config))
     return EXIT_OK
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from cluster.runtime_env import ensure_ray
-from pipelines.artifacts import DatasetManifest
+from pipelines.artifacts import DatasetManifest, curated_manifest_path
 from pipelines.config import CurateConfig, RayloraConfig
 from pipelines.dedup import (
     KEYS_TYPE,
@@ -381,7 +381,7 @@ def _curate(cfg: RayloraConfig, quiet: bool) -> DatasetManifest:
         per_source=per_source, content_hash=content_hash,
         config={"data": cfg.data.model_dump(mode="json"), "curate": settings.model_dump(mode="json")},
     )
-    manifest.write(out / "manifest.json")
+    manifest.write(curated_manifest_path(cfg))
     shutil.rmtree(work, ignore_errors=True)
     if not quiet:
         print(format_report(num_read, num_kept, manifest.dropped_by_reason, examples))
