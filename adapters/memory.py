@@ -207,7 +207,7 @@ class Setting:
 
 
 SETTINGS = [Setting(0, False, False), Setting(1, False, False), Setting(2, False, False), Setting(3, False, False),
-            Setting(2, True, False), Setting(3, True, False), Setting(3, True, True)]
+            Setting(1, True, False), Setting(2, True, False), Setting(3, True, False), Setting(3, True, True)]
 
 
 def per_gpu_bytes(setting: Setting, num_gpus: int, base_bytes: int, trainable: int, per_param: dict[str, int],

@@ -246,6 +246,8 @@ class RayloraConfig(Section):
             raise ValueError("cluster.use_gpu=true needs cluster.gpus_per_worker > 0 (e.g. 1)")
         if not self.cluster.use_gpu and self.train.precision == "fp16":
             raise ValueError("train.precision=fp16 needs GPUs: use train.precision=fp32 or bf16 on CPU")
+        if self.train.deepspeed.offload_optimizer and self.train.deepspeed.stage == 0:
+            raise ValueError("train.deepspeed.offload_optimizer needs ZeRO: set train.deepspeed.stage=1, 2 or 3")
         if self.train.deepspeed.offload_params and self.train.deepspeed.stage != 3:
             raise ValueError("train.deepspeed.offload_params needs ZeRO stage 3: set train.deepspeed.stage=3")
         return self

@@ -99,6 +99,7 @@ def _demo_raw():
         (["cluster.use_gpu=true"], "cluster.gpus_per_worker"),
         (["train.precision=fp16"], "fp16 needs GPUs"),
         (["train.deepspeed.offload_params=true"], "train.deepspeed.stage=3"),
+        (["train.deepspeed.stage=0", "train.deepspeed.offload_optimizer=true"], "train.deepspeed.stage=1, 2 or 3"),
         (["adapter.target_modules=[]"], "target_modules is empty"),
         (["run_name=has space"], "run_name"),
         (["data.sources=[]"], "data.sources"),

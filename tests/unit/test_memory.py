@@ -135,6 +135,19 @@ def test_cli_plan_prints_json_for_a_model_config(demo_config_dict, tmp_path, cap
     assert cli.main(["plan", str(path), "--model-config", str(LLAMA_2_7B), "--gpu-memory-gib", "2"]) == 1
 
 
+def test_every_valid_zero_setting_has_a_plan_row(demo_config_dict, tmp_path, capsys):
+    """ZeRO-Offload works from stage 1 up; the configured row must exist for each (it used to crash at stage 1)."""
+    path = tmp_path / "demo.yaml"
+    path.write_text(json.dumps(demo_config_dict))
+    for stage in (1, 2, 3):
+        code = cli.main(["plan", str(path), f"train.deepspeed.stage={stage}", "train.deepspeed.offload_optimizer=true",
+                         "--model-config", str(LLAMA_2_7B), "--gpu-memory-gib", "1000"])
+        out = json.loads(capsys.readouterr().out)
+        assert code == 0
+        assert (out["configured"]["zero_stage"], out["configured"]["offload_optimizer"]) == (stage, True)
+        assert out["configured"]["optimizer_states"] == 0 and out["configured"]["cpu_offloaded"] > 0
+
+
 def test_cli_plan_names_a_missing_model_config(demo_config_dict, tmp_path, capsys):
     path = tmp_path / "demo.yaml"
     path.write_text(json.dumps(demo_config_dict))
