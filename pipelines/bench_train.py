@@ -117,7 +117,8 @@ def bare_loop_tokens_per_s(cfg: RayloraConfig, rows: list[dict], threads: int) -
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
         data = list(train_batches(rows, built.tokenizer, seq_len=cfg.model.max_seq_len,
-                                  micro_batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed))
+                                  micro_batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed,
+                                  packing=cfg.train.packing, responses_only=cfg.train.train_on_responses_only))
         if not data:
             raise StageError("too little train data for one batch: lower train.micro_batch_size")
         windows, window, start = [], cfg.train.log_every, time.perf_counter()
@@ -154,7 +155,7 @@ def raylora_tokens_per_s(cfg: RayloraConfig, manifest: DatasetManifest) -> float
 
 def bench_train(cfg: RayloraConfig, config_path: str) -> BenchResult:
     """Bare loop, raylora with 1 worker, raylora with 2 workers; same model, batch, sequence length and steps."""
-    import pyarrow.parquet as pq
+    from pipelines.train import read_rows
 
     manifest = read_curated_manifest(cfg, config_path)
     # no eval or checkpoint inside the measured steps: one at the end; the steps are fixed
@@ -167,7 +168,7 @@ def bench_train(cfg: RayloraConfig, config_path: str) -> BenchResult:
     two = cfg.model_copy(update={"train": train_cfg, "run_name": f"{cfg.run_name}-bench-2w",
                                  "cluster": cfg.cluster.model_copy(update={"num_workers": 2, "cpus_per_worker": 0.5})})
     threads = max(1, int(cfg.cluster.cpus_per_worker))  # Ray gives a worker as many threads as whole CPUs
-    rows = [row for path in manifest.train_paths for row in pq.read_table(path, columns=["id", "messages"]).to_pylist()]
+    rows = read_rows(manifest.train_paths)
     for stale in (one, two):  # a benchmark always starts from scratch, never resumes an earlier bench run
         storage = Path(stale.cluster.storage_path or stale.path("ray_results"))
         shutil.rmtree(storage / stale.run_name, ignore_errors=True)

@@ -54,7 +54,6 @@ ADAPTER_DIR = "adapter"
 # Test-only fault injection: the last rank SIGKILLs its own process at this optimizer step, on a run that
 # started from scratch (a resumed run never kills itself again). Read by the driver, passed to the workers.
 FAULT_KILL_ENV = "RAYLORA_FAULT_KILL_AT_STEP"
-PRECISION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 log = logging.getLogger("raylora.train")
 
@@ -168,7 +167,6 @@ class Engine:
     tokenizer: Any
     trainable_params: int
     total_params: int
-    total_steps: int
 
     @property
     def model(self) -> torch.nn.Module:
@@ -214,7 +212,7 @@ def build_engine(cfg: RayloraConfig, total_steps: int) -> Engine:
     engine, _, _, _ = deepspeed.initialize(model=built.model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg), dist_init_required=False)
     return Engine(engine=engine, tokenizer=built.tokenizer, trainable_params=built.trainable_params,
-                  total_params=built.total_params, total_steps=total_steps)
+                  total_params=built.total_params)
 
 
 def train_step(engine: Any, micro_batches: list[dict[str, torch.Tensor]]) -> float:
@@ -342,7 +340,8 @@ def peak_memory_mib(use_gpu: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _read_rows(paths: list[str]) -> list[dict]:
+def read_rows(paths: list[str]) -> list[dict]:
+    """The (id, messages) rows of curated Parquet files, in order."""
     import pyarrow.parquet as pq
 
     rows: list[dict] = []
@@ -424,9 +423,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     is_main = rank == 0
     shard = ray.train.get_dataset_shard("train")
     if cfg.train.max_steps is None:
-        from transformers import AutoTokenizer
+        from adapters.build import load_tokenizer
 
-        counting_tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.base))
+        counting_tokenizer = load_tokenizer(cfg.model.model_copy(update={"base": resolve_base_model(cfg.model.base)}))
         per_epoch = steps_per_epoch(shard.iter_rows(), counting_tokenizer, cfg, rank, world_size)
         total_steps = per_epoch * cfg.train.num_epochs
     else:
@@ -449,7 +448,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
               f"{cfg.adapter.method} r={cfg.adapter.r}, {built.trainable_params:,} of {built.total_params:,} "
               f"params trainable, {total_steps} steps, {where}")
 
-    eval_rows = _read_rows(loop_config["eval_paths"])
+    eval_rows = read_rows(loop_config["eval_paths"])
     mlflow_log = MlflowStepLogger(**loop_config["mlflow"]) if is_main else MlflowStepLogger(None, None)
     kill_at = loop_config.get("fault_kill_at_step")
     stats = PackingStats()
@@ -487,13 +486,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             window_seconds += time.perf_counter() - clock
             step += 1
             skip += 1
-            loss_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in group)
             step_tokens = sum(int(b["input_ids"].numel()) for b in group)  # every position the model computed
             tokens_seen += step_tokens
             window_tokens += step_tokens
             losses.append(loss)
             lr = engine.get_lr()[0]
             if is_main:
+                loss_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in group)
                 mlflow_log.log(step, {"train_loss": loss, "lr": lr, "loss_tokens": loss_tokens})
             if kill_at is not None and step == kill_at and start_step == 0 and rank == world_size - 1:
                 os.kill(os.getpid(), signal.SIGKILL)  # test-only: a real worker death, not an exception
@@ -515,7 +514,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     mlflow_log.log(step, {k: metrics[k] for k in ("eval_loss", "eval_perplexity", "eval_exact_match")})
                     progress(f"step {step} eval_loss {metrics['eval_loss']:.4f} "
                           f"exact_match {metrics['eval_exact_match']:.3f}")
-            if do_eval:
                 mlflow_log.flush()
             if step % t.checkpoint_every == 0 or last:
                 _report_checkpoint(engine, metrics, {"step": step, "epoch": epoch, "batches_in_epoch": skip,

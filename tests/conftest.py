@@ -88,17 +88,6 @@ def demo_config_dict(sample_data, tmp_path) -> dict:
     return raw
 
 
-def _canonical_messages(row: dict) -> list[dict]:
-    """One clean sample row (alpaca / sharegpt / openai shape) as canonical messages."""
-    if "messages" in row:
-        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-    if "conversations" in row:
-        roles = {"human": "user", "gpt": "assistant", "system": "system"}
-        return [{"role": roles[t["from"]], "content": t["value"]} for t in row["conversations"]]
-    prompt = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
-
-
 @pytest.fixture(scope="session")
 def curated_manifest(sample_data, tmp_path_factory):
     """A DatasetManifest of the sample data's clean rows in the curated Parquet shape (what `raylora curate`
@@ -110,6 +99,7 @@ def curated_manifest(sample_data, tmp_path_factory):
     import pyarrow.parquet as pq
 
     from pipelines.artifacts import DatasetManifest
+    from pipelines.formats import to_messages
     from pipelines.sample_data import read_labels
 
     out = tmp_path_factory.mktemp("curated")
@@ -122,7 +112,7 @@ def curated_manifest(sample_data, tmp_path_factory):
             except json.JSONDecodeError:
                 continue
             if isinstance(row, dict) and row.get("id") in clean:
-                train_rows.append({"id": row["id"], "source": fmt, "messages": _canonical_messages(row)})
+                train_rows.append({"id": row["id"], "source": fmt, "messages": to_messages(row, fmt)})
     eval_rows = [{"id": r["id"], "source": "eval", "messages": r["messages"]}
                  for r in map(json.loads, sample_data["eval"].read_text().splitlines())]
     paths = {}

@@ -90,10 +90,10 @@ def test_a_killed_worker_is_restored_from_the_last_checkpoint_and_the_step_count
 @pytest.mark.slow
 def test_rerunning_a_failed_run_with_the_same_name_resumes_it(ray_local, demo_config_dict, curated_manifest,
                                                               monkeypatch):
-    from pipelines.errors import StageError
-
     """The whole run dies (no retries left) right after its step-2 checkpoint; the same command again resumes
     there rather than starting over, and continues the same MLflow run."""
+    from pipelines.errors import StageError
+
     cfg = make_cfg(demo_config_dict, run_name="rerun", cluster={"num_workers": 1, "max_failures": 0},
                    train={"max_steps": 5, "checkpoint_every": 2, "eval_every": 2})
     monkeypatch.setenv(FAULT_KILL_ENV, "3")

@@ -17,6 +17,7 @@ from pipelines.train_data import (
     prefetch,
     shard_rows,
     shuffled,
+    stable_shard,
     tokenize_chat,
     train_batches,
 )
@@ -92,6 +93,9 @@ def test_shards_are_disjoint_complete_and_stable():
     assert sorted(sum(shards, [])) == sorted(r["id"] for r in rows)
     assert all(len(s) > 40 for s in shards)
     assert shards == [[r["id"] for r in shard_rows(rows, rank, 3)] for rank in range(3)]
+    # pinned values: a per-process hash (Python's hash()) would pass the line above but split data differently
+    # on each worker
+    assert [stable_shard(f"row-{i}", 3) for i in range(5)] == [2, 2, 1, 2, 1]
 
 
 def test_shuffle_is_seeded_and_keeps_every_row():
