@@ -66,7 +66,7 @@ def _token_counter(tokenizer: str) -> Any:
 
 
 def filter_batch(batch: pa.Table, curate: dict, tokenizer: str | None, max_tokens: int,
-                 eval_index: EvalIndex | None, dedup: dict | None) -> pa.Table:
+                 eval_index: EvalIndex | None, dedup: DedupSpec | None) -> pa.Table:
     """Ray ``map_batches`` UDF: set ``reason`` on each row a filter or the eval index drops, and give every
     row that passed its dedup bucket keys (``dedup_keys``) while its conversation is parsed anyway."""
     settings = CurateConfig.model_validate(curate)
@@ -85,7 +85,7 @@ def filter_batch(batch: pa.Table, curate: dict, tokenizer: str | None, max_token
     batch = batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
     if dedup is None:
         return batch
-    return batch.append_column("dedup_keys", dedup_keys(passed, DedupSpec(**dedup)))
+    return batch.append_column("dedup_keys", dedup_keys(passed, dedup))
 
 
 def split_keys(ids: list[str], seed: int) -> np.ndarray:
@@ -274,7 +274,7 @@ def _curate(cfg: RayloraConfig, quiet: bool) -> DatasetManifest:
 
     spec = DedupSpec(exact=settings.exact_dedup, threshold=settings.near_dedup_threshold,
                      num_perm=settings.minhash_num_perm, shingle_words=settings.shingle_words)
-    dedup = spec.__dict__ if spec.exact or spec.near else None
+    dedup = spec if spec.exact or spec.near else None
 
     # 1. read + filter + decontaminate + dedup keys: one streaming pass, every row written with its reason.
     # One task per read chunk: Ray fuses these ops and bundles their input (one row per chunk) up to the

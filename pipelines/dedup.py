@@ -211,9 +211,8 @@ def attach_keeper_text(block: pa.Table) -> pa.Table:
     return joined.select(["on", "id", "kind", "messages"]).cast(KEEPER_SCHEMA)
 
 
-def mark_block(block: pa.Table, spec: dict[str, Any]) -> pa.Table:
+def mark_block(block: pa.Table, spec: DedupSpec) -> pa.Table:
     """One partition of (rows + their verified-candidate pairs) on id -> the rows with duplicate reasons set."""
-    settings = DedupSpec(**spec)
     is_row = pa.compute.is_null(block.column("keeper"))
     rows = block.filter(is_row)
     candidates: dict[str, set[tuple[str, str, str]]] = {}
@@ -229,7 +228,7 @@ def mark_block(block: pa.Table, spec: dict[str, Any]) -> pa.Table:
         parsed = json.loads(messages)
         # the exact label wins ("exact" < "near"), then the smallest keeper
         for kind, keeper, keeper_messages in sorted(candidates[row_id]):
-            if is_duplicate(kind, parsed, json.loads(keeper_messages), settings):
+            if is_duplicate(kind, parsed, json.loads(keeper_messages), spec):
                 reasons[i], details[i] = REASONS[kind], f"duplicate of {keeper}"
                 break
     return pa.table({"id": rows.column("on"), "source": rows.column("source"), "messages": rows.column("messages"),
@@ -274,7 +273,7 @@ def mark_duplicates(rows: Any, spec: DedupSpec) -> Any:
         "schema": MARK_SCHEMA, "columns": {"on": "id", "source": "source", "messages": "messages",
                                            "reason": "reason", "detail": "detail"}})
     return (own_rows.union(with_keeper).sort("on")
-            .map_batches(mark_block, batch_size=None, batch_format="pyarrow", fn_kwargs={"spec": spec.__dict__}))
+            .map_batches(mark_block, batch_size=None, batch_format="pyarrow", fn_kwargs={"spec": spec}))
 
 
 @contextmanager

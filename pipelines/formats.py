@@ -295,16 +295,7 @@ def read_chunk(chunk: ReadChunk) -> Iterator[dict]:
         with fsspec.open(chunk.path, "rb") as handle:
             handle.seek(chunk.start)
             data = handle.read(chunk.end - chunk.start)
-        for offset, raw in enumerate(data.split(b"\n")):
-            if not raw.strip():
-                continue  # blank lines hold no record
-            position = f"{stem}:{chunk.first_line + offset}"
-            try:
-                record = parse_line(raw)
-            except MalformedRecord as err:
-                yield malformed_row(position, source, str(err))
-                continue
-            yield canonical_row(record, source, fmt, fmap, position)
+        yield from _jsonl_rows(data, chunk.first_line, chunk)
     elif chunk.kind == "json":
         with fsspec.open(chunk.path, "rb") as handle:
             raw_bytes = handle.read()
@@ -312,9 +303,8 @@ def read_chunk(chunk: ReadChunk) -> Iterator[dict]:
             records = json.loads(raw_bytes.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             # one object per line saved as .json: read it line by line instead of failing the whole file
-            records = None
             if b"\n" in raw_bytes.strip():
-                yield from read_chunk(ReadChunk(**{**asdict(chunk), "kind": "jsonl", "end": len(raw_bytes)}))
+                yield from _jsonl_rows(raw_bytes, 1, chunk)
                 return
             yield malformed_row(f"{stem}:1", source, f"not JSON: {err}")
             return
@@ -341,6 +331,21 @@ def read_chunk(chunk: ReadChunk) -> Iterator[dict]:
         yield from _read_hf(chunk)
     else:
         raise ValueError(f"unknown chunk kind {chunk.kind!r}")
+
+
+def _jsonl_rows(data: bytes, first_line: int, chunk: ReadChunk) -> Iterator[dict]:
+    """JSON lines -> pipeline rows, each id'd by its line number; a bad line becomes a malformed row."""
+    stem = _stem(chunk.path)
+    for offset, raw in enumerate(data.split(b"\n")):
+        if not raw.strip():
+            continue  # blank lines hold no record
+        position = f"{stem}:{first_line + offset}"
+        try:
+            record = parse_line(raw)
+        except MalformedRecord as err:
+            yield malformed_row(position, chunk.source, str(err))
+            continue
+        yield canonical_row(record, chunk.source, chunk.fmt, chunk.field_map, position)
 
 
 def _read_hf(chunk: ReadChunk) -> Iterator[dict]:
