@@ -72,7 +72,7 @@ def quantization_config(adapter_cfg: AdapterConfig) -> BitsAndBytesConfig | None
 def load_base(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> AutoModelForCausalLM:
     """The base model, every parameter frozen, 4-bit when the adapter config asks for it."""
     if model_cfg.base == TINY_MODEL:
-        raise ConfigError("model.base=tiny is a name, not a path: resolve it with pipelines.assets.resolve_base_model")
+        raise ConfigError("model.base=tiny is a name, not a path: resolve it with pipelines.models.resolve_base_model")
     model = AutoModelForCausalLM.from_pretrained(
         model_cfg.base,
         revision=model_cfg.revision,

@@ -35,7 +35,7 @@ def _not_built(name: str) -> int:
 
 
 def cmd_demo_assets(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    from pipelines.assets import build_demo_assets
+    from pipelines.demo import build_demo_assets
 
     for name, path in build_demo_assets(cfg).items():
         print(f"{name:>10}  {path}")
@@ -75,7 +75,10 @@ def cmd_register(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 def cmd_run(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     """Every stage in order; a stage that is not built yet says what it will do and is skipped."""
-    code = cmd_demo_assets(cfg, args)
+    from pipelines.demo import needs_demo_assets
+
+    if needs_demo_assets(cfg):
+        cmd_demo_assets(cfg, args)
     for stage in STAGES:
         if stage == "tune" and args.skip_tune:
             continue
@@ -100,7 +103,7 @@ def cmd_plan(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     import json
 
     from adapters.memory import load_hf_config, plan
-    from pipelines.assets import resolve_base_model
+    from pipelines.models import resolve_base_model
 
     source = args.model_config or resolve_base_model(cfg.model.base)
     num_gpus = args.num_gpus if args.num_gpus is not None else cfg.cluster.num_workers
@@ -114,11 +117,11 @@ def cmd_plan(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 def cmd_bench(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     """Each stage's benchmark, measured side by side; ``all`` runs every one."""
     if args.what in ("curate", "all"):
-        from pipelines.bench_curate import run_bench
+        from pipelines.bench.curate import run_bench
 
         run_bench(cfg)
     if args.what in ("train", "all"):
-        from pipelines.bench_train import bench_train
+        from pipelines.bench.train import bench_train
 
         print(bench_train(cfg, args.config))
     return EXIT_OK

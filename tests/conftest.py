@@ -61,7 +61,7 @@ def deepspeed_world_of_one():
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The offline tiny base model (built once, cached under RAYLORA_CACHE)."""
-    from pipelines.assets import tiny_model_path as build
+    from pipelines.demo.assets import tiny_model_path as build
 
     return build()
 
@@ -69,7 +69,7 @@ def tiny_model_path() -> Path:
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory) -> dict[str, Path]:
     """The default sample data set, generated once for the session."""
-    from pipelines import sample_data
+    from pipelines.demo import sample_data
 
     return sample_data.generate(tmp_path_factory.mktemp("sample-data"), seed=0)
 
@@ -99,8 +99,8 @@ def curated_manifest(sample_data, tmp_path_factory):
     import pyarrow.parquet as pq
 
     from pipelines.artifacts import DatasetManifest
-    from pipelines.formats import to_messages
-    from pipelines.sample_data import read_labels
+    from pipelines.curate.formats import to_messages
+    from pipelines.demo.sample_data import read_labels
 
     out = tmp_path_factory.mktemp("curated")
     clean = {lab["id"] for lab in read_labels(sample_data["labels"]) if lab["kind"] == "clean"}

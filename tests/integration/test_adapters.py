@@ -18,6 +18,7 @@ from adapters import memory
 from adapters.build import build_model, load_base, quantization_config
 from adapters.io import ADAPTER_FILES, EmptyAdapterError, adapter_state_dict, load_adapter, save_adapter
 from adapters.merge import MERGE_REPORT, merge_adapter, probe_batch
+from pipelines.bench import memory as bench_memory
 from pipelines.config import AdapterConfig, ModelConfig, TrainConfig
 from pipelines.errors import ConfigError
 
@@ -283,7 +284,7 @@ def test_planned_activations_match_autograds_saved_tensors(tiny_model_path, adap
     built = build_model(model_cfg, adapter_cfg)
     built.model.train()
     input_ids = torch.randint(0, 1000, (4, 64), generator=torch.Generator().manual_seed(0))
-    measured = memory.saved_activation_bytes(built.model, input_ids)
+    measured = bench_memory.saved_activation_bytes(built.model, input_ids)
     shape = memory.model_shape(memory.load_hf_config(tiny_model_path), adapter_cfg)
     planned = memory.activation_bytes(shape, 4, 64, 4, adapter_cfg, gradient_checkpointing)["saved_for_backward"]
     assert planned == pytest.approx(measured, rel=0.15)
@@ -296,14 +297,14 @@ def test_planned_step_memory_matches_measured_peak_tensor_bytes(tiny_model_path,
     """One real training step: the peak of the tensors it creates against gradients + optimizer + activations.
 
     Tolerance 20%: the activation estimate is op by op; with checkpointing it counts a whole recomputed layer
-    (measured here: 1.17x, on the safe side). The step's RSS is reported by ``python -m adapters.memory``
+    (measured here: 1.17x, on the safe side). The step's RSS is reported by ``python -m pipelines.bench.memory``
     but not asserted, because allocator slack and kernel scratch in it differ from one CPU to the next.
     """
     micro_batch, seq_len = 8, 256
     model_cfg = ModelConfig(base=str(tiny_model_path), max_seq_len=seq_len,
                             gradient_checkpointing=gradient_checkpointing)
     adapter_cfg = AdapterConfig(target_modules="all-linear")
-    measured = memory.measure_step_peak_tensor_bytes(model_cfg, adapter_cfg, micro_batch, seq_len)
+    measured = bench_memory.measure_step_peak_tensor_bytes(model_cfg, adapter_cfg, micro_batch, seq_len)
     train_cfg = TrainConfig(micro_batch_size=micro_batch, precision="fp32", deepspeed={"stage": 0})
     plan = memory.plan(model_cfg, adapter_cfg, train_cfg, memory.load_hf_config(tiny_model_path))
     planned = sum(plan["bytes"][key] for key in ("gradients", "optimizer_states", "activations"))

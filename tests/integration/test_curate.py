@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipelines.artifacts import DatasetManifest
-from pipelines.bench_curate import quality_table
+from pipelines.bench.curate import quality_table
 from pipelines.cli import EXIT_FAILURE, EXIT_OK, main
 from pipelines.config import validate_config
 from pipelines.curate import OUTPUT_SCHEMA, curate

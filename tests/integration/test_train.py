@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters.build import quantization_config
 from pipelines.config import validate_config
-from pipelines.train import FAULT_KILL_ENV, evaluate, train
+from pipelines.train import train
+from pipelines.train.driver import FAULT_KILL_ENV, evaluate
 
 
 def make_cfg(demo_config_dict, **sections):
@@ -158,8 +159,8 @@ def test_fine_tuning_raises_exact_match_well_above_the_base_model(ray_local, dem
 def test_the_per_worker_step_runs_without_ray(demo_config_dict, curated_manifest, deepspeed_world_of_one):
     """build_engine + train_batches + train_step + evaluate as plain functions (how a GPU box without Ray
     checks the CUDA path): SGD with momentum and a linear schedule under ZeRO-2, one process over gloo."""
-    from pipelines.train import build_engine, train_step
-    from pipelines.train_data import train_batches
+    from pipelines.train.data import train_batches
+    from pipelines.train.driver import build_engine, train_step
 
     cfg = make_cfg(demo_config_dict, cluster={"num_workers": 1},
                    train={"optimizer": "sgd", "momentum": 0.9, "lr": 0.05, "scheduler": "linear", "max_steps": 8})

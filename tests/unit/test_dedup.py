@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.dedup import (
+from pipelines.curate.dedup import (
     DedupSpec,
     EvalIndex,
     MinHasher,

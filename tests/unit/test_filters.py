@@ -3,7 +3,7 @@
 import pytest
 
 from pipelines.config import CurateConfig
-from pipelines.filters import (
+from pipelines.curate.filters import (
     build_filters,
     check_empty_answer,
     check_language,

@@ -7,8 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import DataSource
-from pipelines.errors import StageError
-from pipelines.formats import (
+from pipelines.curate.formats import (
     MalformedRecord,
     canonical_row,
     detect_format,
@@ -17,6 +16,7 @@ from pipelines.formats import (
     source_name,
     to_messages,
 )
+from pipelines.errors import StageError
 
 CONVERSATION = [{"role": "user", "content": "What is 3 + 4?"}, {"role": "assistant", "content": "7"}]
 

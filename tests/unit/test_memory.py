@@ -158,7 +158,7 @@ def test_cli_plan_names_a_missing_model_config(demo_config_dict, tmp_path, capsy
 def test_peak_tensor_bytes_counts_live_storages_once_and_releases_dead_ones():
     import torch
 
-    from adapters.memory import PeakTensorBytes
+    from pipelines.bench.memory import PeakTensorBytes
 
     mib = 2**20
     with PeakTensorBytes() as tracker:

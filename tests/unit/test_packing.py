@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipelines.train_data import (
+from pipelines.train.data import (
     IGNORE_INDEX,
     Example,
     PackingStats,

@@ -3,8 +3,8 @@ from collections import Counter
 
 import pytest
 
-from pipelines import sample_data
-from pipelines.sample_data import DEFECT_KINDS, generate, read_labels
+from pipelines.demo import sample_data
+from pipelines.demo.sample_data import DEFECT_KINDS, generate, read_labels
 
 
 def _turns(row: dict) -> list[tuple[str, str]]:

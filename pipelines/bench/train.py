@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from pipelines.artifacts import DatasetManifest, read_curated_manifest
-from pipelines.assets import resolve_base_model
 from pipelines.config import RayloraConfig
 from pipelines.errors import StageError
+from pipelines.models import resolve_base_model
 
 WARMUP_WINDOWS = 1
 
@@ -106,7 +106,7 @@ def bare_loop_tokens_per_s(cfg: RayloraConfig, rows: list[dict], threads: int) -
     """The reference: adapters.build model, torch AdamW, batches prepared in memory, no Ray, no DeepSpeed.
     Returns (median tokens/s over windows, model FLOPs per token)."""
     from adapters.build import build_model
-    from pipelines.train_data import train_batches
+    from pipelines.train.data import train_batches
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -155,7 +155,7 @@ def raylora_tokens_per_s(cfg: RayloraConfig, manifest: DatasetManifest) -> float
 
 def bench_train(cfg: RayloraConfig, config_path: str) -> BenchResult:
     """Bare loop, raylora with 1 worker, raylora with 2 workers; same model, batch, sequence length and steps."""
-    from pipelines.train import read_rows
+    from pipelines.train.driver import read_rows
 
     manifest = read_curated_manifest(cfg, config_path)
     # no eval or checkpoint inside the measured steps: one at the end; the steps are fixed

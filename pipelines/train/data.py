@@ -3,7 +3,7 @@
 Plain functions over plain rows (``{"id", "messages"}`` dicts), so they run the same inside a Ray Train
 worker (rows from ``ray.train.get_dataset_shard``) and without Ray (rows from a Parquet file):
 
-    from pipelines.train_data import tokenize_chat, pack_examples, batches
+    from pipelines.train.data import tokenize_chat, pack_examples, batches
     examples = (tokenize_chat(row["messages"], tokenizer) for row in rows)
     for batch in batches(pack_examples(examples, seq_len=256), micro_batch_size=8): ...
 

@@ -9,7 +9,7 @@ through ``ray.train.report`` (so Ray Tune can wrap ``train``); rank 0 also logs 
 
 The per-worker pieces are plain functions that run without Ray (for a GPU box without Ray, or a test):
 ``build_engine`` (model + DeepSpeed engine + optimizer + schedule), ``train_batches`` (one epoch of packed
-micro-batches, in pipelines.train_data), ``train_step`` and ``evaluate``.
+micro-batches, in pipelines.train.data), ``train_step`` and ``evaluate``.
 
 A rerun with the same ``run_name`` resumes: Ray Train finds the run's snapshot under the storage path and
 hands the workers its latest checkpoint (adapter weights, optimizer, schedule, step and data position).
@@ -36,10 +36,10 @@ import torch
 
 from cluster.runtime_env import ensure_ray
 from pipelines.artifacts import DatasetManifest, TrainResult
-from pipelines.assets import resolve_base_model
 from pipelines.config import RayloraConfig
 from pipelines.errors import ConfigError, StageError
-from pipelines.train_data import (
+from pipelines.models import resolve_base_model
+from pipelines.train.data import (
     IGNORE_INDEX,
     PackingStats,
     pack_examples,

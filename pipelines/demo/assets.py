@@ -2,27 +2,22 @@
 
     raylora demo-assets configs/demo.yaml
 
-Stages call ``resolve_base_model`` so that ``model.base: tiny`` becomes a real local path
-(built on first use, cached afterwards) and any other value passes through to Hugging Face.
+``pipelines.models.resolve_base_model`` asks this module for the tiny model when ``model.base: tiny``.
 """
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 from adapters import tiny
-from pipelines import sample_data
 from pipelines.config import TINY_MODEL, RayloraConfig
+from pipelines.demo import sample_data
 
 
 def tiny_model_path(seed: int = 0) -> Path:
     """The tiny base model, built (about a minute on 2 cores) the first time it is asked for."""
     return tiny.build_tiny_model(sample_data.skill_corpus(seed), seed=seed)
-
-
-def resolve_base_model(base: str) -> str:
-    """``tiny`` -> the local tiny model's path; a hub id or local path passes through unchanged."""
-    return str(tiny_model_path()) if base == TINY_MODEL else base
 
 
 def sample_data_dir(cfg: RayloraConfig) -> Path:
@@ -34,3 +29,14 @@ def build_demo_assets(cfg: RayloraConfig, n_clean: int = 2000, n_eval: int = 200
     paths = sample_data.generate(sample_data_dir(cfg), seed=cfg.seed, n_clean=n_clean, n_eval=n_eval)
     paths["tiny_model"] = tiny_model_path()
     return paths
+
+
+def needs_demo_assets(cfg: RayloraConfig) -> bool:
+    """True for a config that runs on the demo's own world: the tiny base with a data file not written yet.
+
+    ``raylora run`` builds the assets only then; a real model's recipe never triggers a tiny-model build.
+    """
+    if cfg.model.base != TINY_MODEL:
+        return False
+    wanted = [source.path for source in cfg.data.sources] + list(cfg.data.eval_sets)
+    return any("://" not in path and not glob.glob(path) for path in wanted)

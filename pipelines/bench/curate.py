@@ -27,12 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.runtime_env import ensure_ray
-from pipelines import sample_data
 from pipelines.config import RayloraConfig
-from pipelines.curate import DROPPED_SCHEMA, OUTPUT_SCHEMA, _resolve_tokenizer, _token_counter, curate
-from pipelines.dedup import build_eval_index, exact_key, is_contaminated, jaccard, lsh_bands, shingles
-from pipelines.filters import build_filters, first_failure
-from pipelines.formats import MalformedRecord, canonical_row, malformed_row, parse_line, source_name
+from pipelines.curate.dedup import build_eval_index, exact_key, is_contaminated, jaccard, lsh_bands, shingles
+from pipelines.curate.filters import build_filters, first_failure
+from pipelines.curate.formats import MalformedRecord, canonical_row, malformed_row, parse_line, source_name
+from pipelines.curate.stage import DROPPED_SCHEMA, OUTPUT_SCHEMA, _resolve_tokenizer, _token_counter, curate
+from pipelines.demo import sample_data
 
 FORMATS = sample_data.FORMATS
 DEFECT_KINDS = sample_data.DEFECT_KINDS

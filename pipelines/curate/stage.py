@@ -26,7 +26,7 @@ import pyarrow as pa
 from cluster.runtime_env import ensure_ray
 from pipelines.artifacts import DatasetManifest, curated_manifest_path
 from pipelines.config import CurateConfig, RayloraConfig
-from pipelines.dedup import (
+from pipelines.curate.dedup import (
     KEYS_TYPE,
     DedupSpec,
     EvalIndex,
@@ -39,9 +39,9 @@ from pipelines.dedup import (
     read_parquet_dir,
     shuffle_partitions,
 )
+from pipelines.curate.filters import build_filters, first_failure, quality_score
+from pipelines.curate.formats import ROW_SCHEMA, chunk_items, plan_chunks, read_chunk_batch
 from pipelines.errors import StageError
-from pipelines.filters import build_filters, first_failure, quality_score
-from pipelines.formats import ROW_SCHEMA, chunk_items, plan_chunks, read_chunk_batch
 
 CONTAMINATED, BELOW_TOP_K, NOT_DIVERSE = "contaminated", "below_top_k", "not_diverse"
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -193,7 +193,7 @@ def _union(datasets: list[Any]) -> Any:
 
 
 def _resolve_tokenizer(cfg: RayloraConfig) -> str:
-    from pipelines.assets import resolve_base_model
+    from pipelines.models import resolve_base_model
 
     return resolve_base_model(cfg.data.tokenizer or cfg.model.base)
 

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from pipelines.filters import words
+from pipelines.curate.filters import words
 
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint64((1 << 32) - 1)
@@ -385,7 +385,7 @@ def build_eval_index(eval_paths: Sequence[str], n: int) -> EvalIndex:
     """Index OpenAI-shape eval JSONL files (``{"messages": [...]}`` per line). Small: built on the driver."""
     import fsspec
 
-    from pipelines.formats import MalformedRecord, parse_line, to_messages
+    from pipelines.curate.formats import MalformedRecord, parse_line, to_messages
 
     index = EvalIndex(n)
     for path in eval_paths:
