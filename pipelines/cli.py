@@ -128,7 +128,10 @@ def cmd_bench(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_show_config(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    print(dump_config(cfg), end="")
+    """The resolved YAML, or with ``--explain`` every key's value, default and description."""
+    from pipelines.config import explain_config
+
+    print(explain_config(cfg) if args.explain else dump_config(cfg), end="")
     return EXIT_OK
 
 
@@ -169,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "submit":
             cmd.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265")
             cmd.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+        if name == "config":
+            cmd.add_argument("--explain", action="store_true",
+                             help="print every key with its value, default and description; * marks changed ones")
     return parser
 
 

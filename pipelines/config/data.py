@@ -1,0 +1,87 @@
+"""The data sections: where the rows come from (``data``) and how curation filters them (``curate``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.config.base import Section
+
+
+class DataSource(Section):
+    path: str = Field(description="file, glob, remote URI, or 'hf://<dataset id>'")
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion"] = Field(
+        "auto", description="record shape; auto detects it per record from the record's keys")
+    name: str | None = Field(
+        None, description="label this source's rows carry; null is the file stem (source<N> for a glob)")
+    field_map: dict[str, str] = Field(
+        default_factory=dict, description="canonical field -> field in this source")
+    split: str = Field("train", description="split read from an hf:// dataset; files ignore it")
+
+
+class DataConfig(Section):
+    sources: list[DataSource] = Field(
+        min_length=1,
+        description="where the training rows come from: one entry per file, glob, URI or dataset")
+    eval_sets: list[str] = Field(
+        default_factory=list,
+        description="held-out eval JSONL files ({messages: [...]} per line) curation decontaminates against")
+    eval_fraction: float = Field(
+        0.05, ge=0.0, lt=1.0, description="fraction of the kept rows held out as the eval split")
+    eval_size: int | None = Field(
+        None, ge=1, description="rows held out as the eval split; wins over eval_fraction, null uses it")
+    tokenizer: str | None = Field(
+        None, description="tokenizer path or id that counts tokens for curation; null uses model.base")
+
+
+class CurateConfig(Section):
+    output_dir: str = Field(
+        "curated",
+        description="directory under workdir for train/, eval/, dropped/ Parquet and manifest.json")
+    min_answer_chars: int = Field(
+        1, ge=0,
+        description="answers with fewer non-blank characters are dropped (empty_answer); 0 acts as 1")
+    min_answer_ratio: float = Field(
+        0.05, ge=0.0,
+        description="answer chars / prompt chars below this is too short (short_answer); 0 is off")
+    short_answer_min_prompt_words: int = Field(
+        30, ge=1,
+        description="only prompts this long are judged by min_answer_ratio ('7' answers 'What is 3 + 4?')")
+    max_tokens: int | None = Field(
+        None, gt=0,
+        description="conversations over this many tokens are dropped (over_long); null is model.max_seq_len")
+    drop_refusals: bool = Field(
+        True,
+        description="drop conversations whose answers refuse or say 'as an AI language model' (refusal)")
+    max_repeated_ngram_fraction: float = Field(
+        0.3, gt=0.0, le=1.0,
+        description="answers of 12+ words whose repeated word 3-grams exceed this: dropped (repeated_ngrams)")
+    max_repeated_line_fraction: float = Field(
+        0.3, gt=0.0, le=1.0,
+        description="answers of 3+ lines whose repeated lines exceed this: dropped (repeated_lines)")
+    languages: list[str] = Field(
+        default_factory=lambda: ["en"],
+        description="ISO 639-1 allow-list; other languages are dropped (other_language); [] keeps all")
+    language_min_letters: int = Field(
+        60, ge=0, description="shorter texts are not judged: language id is noise there")
+    language_min_confidence: float = Field(
+        0.9, gt=0.0, le=1.0, description="langid probability a row needs before its language can drop it")
+    exact_dedup: bool = Field(
+        True, description="drop rows whose lower-cased, whitespace-collapsed text equals a kept row's")
+    near_dedup_threshold: float | None = Field(
+        0.7, gt=0.0, le=1.0,
+        description="drop rows with word-shingle Jaccard >= this to a kept row; null is off")
+    minhash_num_perm: int = Field(
+        128, ge=16,
+        description="MinHash permutations per row for near-dedup candidates: more is more exact and slower")
+    shingle_words: int = Field(3, ge=1, description="words per shingle that near dedup compares")
+    decontaminate_ngram: int | None = Field(
+        8, ge=3, description="drop rows sharing a word n-gram this long with data.eval_sets; null is off")
+    quality_top_k: int | None = Field(
+        None, ge=1,
+        description="keep the k best rows by quality score (answer length, turns, variety); null keeps all")
+    diversity_select: int | None = Field(
+        None, ge=1, description="keep this many rows, the farthest apart by embedding; null keeps all")
+    embedding_model: str | None = Field(
+        None, description="sentence-transformers path; defaults to the bundled MiniLM")

@@ -1,0 +1,75 @@
+"""``RayloraConfig``: every section under one root, and the rules that span sections."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from pipelines.config.base import Section
+from pipelines.config.data import CurateConfig, DataConfig
+from pipelines.config.model import AdapterConfig, ModelConfig
+from pipelines.config.runs import ClusterConfig, RegisterConfig, TrackingConfig, TuneConfig
+from pipelines.config.train import TrainConfig
+
+# The section is called `register` as users write it; the name shadows the harmless ABC classmethod
+# BaseModel.register, which pydantic warns about at class creation.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class RayloraConfig(Section):
+    run_name: str = Field(
+        "demo", pattern=r"^[A-Za-z0-9_.-]+$",
+        description="names the run in MLflow and Ray Train, and its directory <workdir>/train/<run_name>")
+    workdir: str = Field(".raylora", description="every artifact of the run lives under here")
+    seed: int = Field(0, description="seed of curation's train / eval split and of the demo sample data")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the base model")
+    data: DataConfig = Field(description="the data sources and the eval split")
+    curate: CurateConfig = Field(
+        default_factory=CurateConfig, description="curation: filters, dedup, selection")
+    adapter: AdapterConfig = Field(
+        default_factory=AdapterConfig, description="the adapter on the frozen base")
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="optimisation, evaluation and checkpoints (train stage)")
+    tune: TuneConfig = Field(
+        default_factory=TuneConfig, description="the Ray Tune search (tune stage)")
+    register: RegisterConfig = Field(
+        default_factory=RegisterConfig, description="MLflow registry and promotion gate (register stage)")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="MLflow tracking")
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig, description="the Ray cluster and its workers' resources")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RayloraConfig:
+        quant, stage = self.adapter.quant, self.train.deepspeed.stage
+        if self.adapter.is_quantized and stage == 3 and quant.quant_storage != quant.compute_dtype:
+            raise ValueError(
+                "a 4-bit base under ZeRO-3 needs adapter.quant.quant_storage equal to the compute dtype "
+                f"(got quant_storage={quant.quant_storage}, compute_dtype={quant.compute_dtype}): "
+                f"set adapter.quant.quant_storage={quant.compute_dtype}"
+            )
+        if self.adapter.is_quantized and stage == 3 and quant.compute_dtype != self.model.dtype:
+            raise ValueError(
+                "ZeRO-3 shards a 4-bit base only when every parameter has one dtype: set "
+                f"adapter.quant.compute_dtype={self.model.dtype} and adapter.quant.quant_storage={self.model.dtype} "
+                f"(model.dtype={self.model.dtype}, got compute_dtype={quant.compute_dtype})"
+            )
+        if self.cluster.use_gpu and self.cluster.gpus_per_worker == 0:
+            raise ValueError("cluster.use_gpu=true needs cluster.gpus_per_worker > 0 (e.g. 1)")
+        if not self.cluster.use_gpu and self.train.precision == "fp16":
+            raise ValueError("train.precision=fp16 needs GPUs: use train.precision=fp32 or bf16 on CPU")
+        if self.train.deepspeed.offload_optimizer and self.train.deepspeed.stage == 0:
+            raise ValueError("train.deepspeed.offload_optimizer needs ZeRO: set train.deepspeed.stage=1, 2 or 3")
+        if self.train.deepspeed.offload_params and self.train.deepspeed.stage != 3:
+            raise ValueError("train.deepspeed.offload_params needs ZeRO stage 3: set train.deepspeed.stage=3")
+        return self
+
+    def path(self, *parts: str) -> Path:
+        """A path under the run's workdir."""
+        return Path(self.workdir).joinpath(*parts)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.tracking_uri or f"sqlite:///{self.path('mlflow.db').resolve()}"
