@@ -27,6 +27,7 @@ from pipelines.artifacts import DatasetManifest, read_curated_manifest
 from pipelines.config import RayloraConfig
 from pipelines.errors import StageError
 from pipelines.models import resolve_base_model
+from pipelines.tracking import metric_history
 
 WARMUP_WINDOWS = 1
 
@@ -142,20 +143,16 @@ def bare_loop_tokens_per_s(cfg: RayloraConfig, rows: list[dict], threads: int) -
 
 def raylora_tokens_per_s(cfg: RayloraConfig, manifest: DatasetManifest) -> float:
     """Median tokens/s per worker over log windows of a real ``train`` run (from its MLflow history)."""
-    from mlflow.tracking import MlflowClient
-
     from pipelines.train import train
 
     result = train(cfg, manifest)
-    history = sorted(MlflowClient(cfg.tracking_uri).get_metric_history(result.mlflow_run_id, "tokens_per_s"),
-                     key=lambda m: m.step)
-    values = [m.value for m in history]
+    values = [value for _, value in metric_history(cfg.tracking_uri, result.mlflow_run_id, "tokens_per_s")]
     return statistics.median(values[WARMUP_WINDOWS:] or values)
 
 
 def bench_train(cfg: RayloraConfig, config_path: str) -> BenchResult:
     """Bare loop, raylora with 1 worker, raylora with 2 workers; same model, batch, sequence length and steps."""
-    from pipelines.train.driver import read_rows
+    from pipelines.train.data import read_rows
 
     manifest = read_curated_manifest(cfg, config_path)
     # no eval or checkpoint inside the measured steps: one at the end; the steps are fixed

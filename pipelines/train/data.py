@@ -164,6 +164,26 @@ def train_batches(rows: Iterable[dict], tokenizer: PreTrainedTokenizerBase, *, s
     return batches(pack_examples(examples, seq_len, pad_id, packing=packing, stats=stats), micro_batch_size)
 
 
+def read_rows(paths: list[str]) -> list[dict]:
+    """The (id, messages) rows of curated Parquet files, in order (the eval set; the bench's bare loop)."""
+    import pyarrow.parquet as pq
+
+    rows: list[dict] = []
+    for path in paths:
+        rows += pq.read_table(path, columns=["id", "messages"]).to_pylist()
+    return rows
+
+
+def grouped(batches: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive groups of ``size`` (one optimizer step's micro-batches); a short last group is dropped."""
+    group: list[T] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+
+
 @dataclass
 class _Failed:
     error: BaseException

@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from adapters.build import quantization_config
 from pipelines.config import validate_config
 from pipelines.train import train
-from pipelines.train.driver import FAULT_KILL_ENV, evaluate
+from pipelines.train.driver import FAULT_KILL_ENV
+from pipelines.train.evaluate import evaluate
 
 
 def make_cfg(demo_config_dict, **sections):
@@ -160,7 +161,7 @@ def test_the_per_worker_step_runs_without_ray(demo_config_dict, curated_manifest
     """build_engine + train_batches + train_step + evaluate as plain functions (how a GPU box without Ray
     checks the CUDA path): SGD with momentum and a linear schedule under ZeRO-2, one process over gloo."""
     from pipelines.train.data import train_batches
-    from pipelines.train.driver import build_engine, train_step
+    from pipelines.train.engine import build_engine, train_step
 
     cfg = make_cfg(demo_config_dict, cluster={"num_workers": 1},
                    train={"optimizer": "sgd", "momentum": 0.9, "lr": 0.05, "scheduler": "linear", "max_steps": 8})

@@ -9,7 +9,7 @@ import torch
 
 from pipelines.config import validate_config
 from pipelines.errors import ConfigError
-from pipelines.train.driver import build_optimizer, deepspeed_config, lr_multiplier
+from pipelines.train.engine import build_optimizer, deepspeed_config, lr_multiplier
 
 
 def _cfg(demo_config_dict, **train):

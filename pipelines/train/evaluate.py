@@ -1,0 +1,90 @@
+"""Evaluation: loss and perplexity over the eval rows, greedy exact match on the first few.
+
+Every rank takes a share of the rows and the sums are all-reduced; runs without Ray too (one process).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from pipelines.train.data import IGNORE_INDEX, pack_examples, tokenize_chat
+
+
+def dist_sum(values: list[float]) -> list[float]:
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def rank_chunks(rows: list[dict], rank: int, world_size: int, batch_size: int) -> list[tuple[list[dict], float]]:
+    """This rank's share of ``rows`` in batches, padded with zero-weight repeats so that every rank runs the
+    same number of forward passes (ZeRO-3 gathers parameters collectively on every forward)."""
+    mine = rows[rank::world_size]
+    per_rank = math.ceil(math.ceil(len(rows) / world_size) / batch_size)
+    chunks = [(mine[i:i + batch_size], 1.0) for i in range(0, len(mine), batch_size)]
+    filler = rows[:batch_size]
+    return chunks + [(filler, 0.0)] * (per_rank - len(chunks))
+
+
+def answer_prompt(messages: list[dict]) -> tuple[list[dict], str]:
+    """Split a conversation into the prompt (everything before the last assistant turn) and that answer."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def evaluate(model: torch.nn.Module, tokenizer: Any, rows: list[dict], *, seq_len: int, batch_size: int,
+             max_new_tokens: int, generate_limit: int | None, responses_only: bool = True, rank: int = 0,
+             world_size: int = 1, synced: bool = False) -> dict[str, float]:
+    """Eval loss and perplexity over ``rows``, and greedy exact-match accuracy over the first
+    ``generate_limit`` rows (the generated answer against the last assistant message). Every rank takes a
+    share; the sums are all-reduced. ``synced`` keeps ranks in step while generating (ZeRO-3)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    loss_sum, token_count = 0.0, 0.0
+    with torch.no_grad():
+        for chunk, weight in rank_chunks(rows, rank, world_size, batch_size):
+            examples = [tokenize_chat(r["messages"], tokenizer, responses_only) for r in chunk]
+            longest = min(seq_len, max(len(e.input_ids) for e in examples))
+            blocks = list(pack_examples(examples, longest, pad_id, packing=False))
+            labels = torch.tensor([b.labels for b in blocks], device=device)
+            logits = model(input_ids=torch.tensor([b.input_ids for b in blocks], device=device),
+                           position_ids=torch.tensor([b.position_ids for b in blocks], device=device),
+                           use_cache=False).logits
+            shifted = labels[:, 1:]
+            losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), shifted,
+                                                       ignore_index=IGNORE_INDEX, reduction="sum")
+            loss_sum += weight * losses.item()
+            token_count += weight * (shifted != IGNORE_INDEX).sum().item()
+        scored_rows = rows if generate_limit is None else rows[:generate_limit]
+        correct, scored = (exact_match(model, tokenizer, scored_rows, batch_size, max_new_tokens, rank,
+                                        world_size, synced) if scored_rows else (0.0, 0.0))
+    loss_sum, token_count, correct, scored = dist_sum([loss_sum, token_count, correct, scored])
+    model.train(was_training)
+    eval_loss = loss_sum / max(token_count, 1.0)
+    return {"eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50.0)),
+            "eval_exact_match": correct / max(scored, 1.0)}
+
+
+def exact_match(model: torch.nn.Module, tokenizer: Any, rows: list[dict], batch_size: int, max_new_tokens: int,
+                 rank: int, world_size: int, synced: bool) -> tuple[float, float]:
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
+    correct, scored = 0.0, 0.0
+    for chunk, weight in rank_chunks(rows, rank, world_size, batch_size):
+        prompts, answers = zip(*(answer_prompt(r["messages"]) for r in chunk), strict=True)
+        texts = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        generated = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        correct += weight * sum(g.strip() == a.strip() for g, a in zip(generated, answers, strict=True))
+        scored += weight * len(chunk)
+    return correct, scored

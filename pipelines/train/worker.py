@@ -1,0 +1,255 @@
+"""One Ray Train worker: the training loop, written as the story it is.
+
+    build the engine -> resume from the latest checkpoint -> for each optimizer step:
+        train, log, maybe evaluate, maybe checkpoint -> until total_steps
+
+Metrics leave the worker through ``ray.train.report`` (so Ray Tune can wrap a run) and rank 0's metric
+logger; progress lines come from rank 0 only. The pieces it calls (``build_engine``, ``train_step``,
+``train_batches``, ``evaluate``) run without Ray too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.config import RayloraConfig
+from pipelines.errors import StageError
+from pipelines.tracking import MetricLogger
+from pipelines.train.checkpoint import load_checkpoint, report_checkpoint
+from pipelines.train.data import IGNORE_INDEX, PackingStats, grouped, prefetch, read_rows, train_batches
+from pipelines.train.engine import Engine, build_engine, quiet_libraries, train_step
+from pipelines.train.evaluate import evaluate
+
+log = logging.getLogger("raylora.train")
+EVAL_METRICS = ("eval_loss", "eval_perplexity", "eval_exact_match")
+
+
+@dataclass
+class TrainState:
+    """Where the run is: saved in every checkpoint, restored on resume."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # optimizer steps already taken in this epoch: a resumed epoch skips them
+    tokens: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)  # the last reported metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class LogWindow:
+    """Loss, tokens and step time since the last progress line."""
+
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, tokens: int, seconds: float) -> None:
+        self.losses.append(loss)
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def close(self) -> dict[str, float]:
+        """The window's mean loss and throughput; the window starts over."""
+        summary = {"train_loss": sum(self.losses) / len(self.losses),
+                   "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
+        self.losses, self.tokens, self.seconds = [], 0, 0.0
+        return summary
+
+
+def progress(message: str) -> None:
+    """Rank 0's progress line. Through a logger, not print: Ray Train patches print to log *and* echo it,
+    which shows every line twice."""
+    log.info("[raylora train] %s", message)
+
+
+def peak_memory_mib(use_gpu: bool) -> float:
+    if use_gpu and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def steps_per_epoch(rows: Any, tokenizer: Any, cfg: RayloraConfig, rank: int, world_size: int) -> int:
+    """Optimizer steps in one epoch of this rank's shard, agreed on by every rank (the minimum), so that
+    all ranks stop each epoch together. A counting pass: tokenising is cheap next to training."""
+    import torch.distributed as dist
+
+    n = sum(1 for _ in train_batches(rows, tokenizer, seq_len=cfg.model.max_seq_len,
+                                     micro_batch_size=cfg.train.micro_batch_size, rank=rank, world_size=world_size,
+                                     seed=cfg.train.seed, packing=cfg.train.packing,
+                                     responses_only=cfg.train.train_on_responses_only))
+    count = torch.tensor([n // cfg.train.grad_accum])
+    if dist.is_initialized() and world_size > 1:
+        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+    if count.item() == 0:
+        raise StageError(f"rank {rank} has too little data for one step: lower train.micro_batch_size or "
+                         "train.grad_accum, or use fewer cluster.num_workers")
+    return int(count.item())
+
+
+@dataclass
+class Worker:
+    """What one rank holds for the whole run."""
+
+    cfg: RayloraConfig
+    built: Engine
+    shard: Any  # ray.train.get_dataset_shard("train")
+    rank: int
+    world_size: int
+    steps_per_epoch: int | None  # None when train.max_steps sets the length instead of epochs
+    total_steps: int
+    eval_rows: list[dict]
+    metrics_log: MetricLogger
+    kill_at_step: int | None = None  # the test-only fault injection (see driver.FAULT_KILL_ENV)
+    packing: PackingStats = field(default_factory=PackingStats)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def resume(self) -> TrainState:
+        """The latest checkpoint's state, or a fresh one."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return TrainState()
+        with checkpoint.as_directory() as ckpt_dir:
+            saved = load_checkpoint(self.built.engine, Path(ckpt_dir))
+        return TrainState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainState) if f.name in saved})
+
+    def epoch_steps(self, state: TrainState) -> Iterator[list[dict[str, torch.Tensor]]]:
+        """The micro-batch groups of ``state.epoch`` that are still to train (a resumed epoch skips the rest)."""
+        t = self.cfg.train
+        batches = train_batches(self.shard.iter_rows(), self.built.tokenizer, seq_len=self.cfg.model.max_seq_len,
+                                micro_batch_size=t.micro_batch_size, rank=self.rank, world_size=self.world_size,
+                                seed=t.seed + state.epoch, packing=t.packing, responses_only=t.train_on_responses_only,
+                                stats=self.packing)
+        for index, group in enumerate(grouped(prefetch(batches), t.grad_accum)):
+            if self.steps_per_epoch is not None and index >= self.steps_per_epoch:
+                return
+            if index >= state.batches_in_epoch:
+                yield group
+
+    def evaluate(self) -> dict[str, float]:
+        t = self.cfg.train
+        return evaluate(self.built.model, self.built.tokenizer, self.eval_rows, seq_len=self.cfg.model.max_seq_len,
+                        batch_size=t.micro_batch_size, max_new_tokens=t.eval_max_new_tokens,
+                        generate_limit=t.eval_generate_limit, responses_only=t.train_on_responses_only,
+                        rank=self.rank, world_size=self.world_size, synced=t.deepspeed.stage == 3)
+
+    def maybe_die(self, state: TrainState, start_step: int) -> None:
+        """Test-only: the last rank SIGKILLs its own process (a real worker death, not an exception) on a
+        run that started from scratch; a resumed run never kills itself again."""
+        if (self.kill_at_step is not None and state.step == self.kill_at_step and start_step == 0
+                and self.rank == self.world_size - 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def announce(self, start_step: int) -> None:
+        if self.is_main:
+            where = f"resumed at step {start_step}" if start_step else "from scratch"
+            cfg, built = self.cfg, self.built
+            progress(f"{cfg.run_name}: {self.world_size} worker(s), ZeRO-{cfg.train.deepspeed.stage}, "
+                     f"{cfg.adapter.method} r={cfg.adapter.r}, {built.trainable_params:,} of {built.total_params:,} "
+                     f"params trainable, {self.total_steps} steps, {where}")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker. ``loop_config`` is plain data: {"cfg", "base_path", "eval_paths", "mlflow",
+    "fault_kill_at_step"}."""
+    import ray.train
+
+    cfg = RayloraConfig.model_validate(loop_config["cfg"])
+    quiet_libraries()
+    log.setLevel(logging.INFO)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    shard = ray.train.get_dataset_shard("train")
+    per_epoch, total_steps = None, cfg.train.max_steps
+    if total_steps is None:
+        from adapters.build import load_tokenizer
+
+        counting_tokenizer = load_tokenizer(cfg.model.model_copy(update={"base": loop_config["base_path"]}))
+        per_epoch = steps_per_epoch(shard.iter_rows(), counting_tokenizer, cfg, rank, world_size)
+        total_steps = per_epoch * cfg.train.num_epochs
+
+    worker = Worker(cfg=cfg, built=build_engine(cfg, total_steps, loop_config["base_path"]), shard=shard,
+                    rank=rank, world_size=world_size, steps_per_epoch=per_epoch, total_steps=total_steps,
+                    eval_rows=read_rows(loop_config["eval_paths"]),
+                    metrics_log=MetricLogger(**loop_config["mlflow"], rank=rank),
+                    kill_at_step=loop_config.get("fault_kill_at_step"))
+    state = worker.resume()
+    if state.step >= total_steps:  # a rerun of a finished run: nothing to train, report where it ended
+        ray.train.report(state.metrics or {"step": state.step})
+        return
+    worker.announce(state.step)
+    train_until_done(worker, state)
+    worker.metrics_log.close()
+
+
+def train_until_done(worker: Worker, state: TrainState) -> None:
+    """Epoch after epoch until ``total_steps``: each step trains, logs, and maybe evaluates and checkpoints."""
+    t, start_step = worker.cfg.train, state.step
+    window = LogWindow()
+    # throughput counts the data feed and the step, not eval or checkpoint time: the clock runs from the end
+    # of one step's bookkeeping to the end of the next step
+    clock = time.perf_counter()
+    while state.step < worker.total_steps:
+        fresh_epoch, produced = state.batches_in_epoch == 0, False
+        for group in worker.epoch_steps(state):
+            produced = True
+            loss = train_step(worker.built.engine, group)
+            step_tokens = sum(int(b["input_ids"].numel()) for b in group)  # every position the model computed
+            window.add(loss, step_tokens, time.perf_counter() - clock)
+            state.step, state.batches_in_epoch, state.tokens = (state.step + 1, state.batches_in_epoch + 1,
+                                                                state.tokens + step_tokens)
+            lr = worker.built.engine.get_lr()[0]
+            loss_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in group)
+            worker.metrics_log.log_dict({"train_loss": loss, "lr": lr, "loss_tokens": loss_tokens}, state.step)
+            worker.maybe_die(state, start_step)
+
+            last = state.step >= worker.total_steps
+            if state.step % t.log_every == 0 or last:
+                state.metrics = {"step": state.step, "epoch": state.epoch, **window.close(), "lr": lr,
+                                 "packing_efficiency": worker.packing.efficiency,
+                                 "peak_memory_mib": peak_memory_mib(worker.cfg.cluster.use_gpu),
+                                 "resumed_from_step": start_step}
+                worker.metrics_log.log("tokens_per_s", state.metrics["tokens_per_s"], state.step)
+                if worker.is_main:
+                    progress(f"step {state.step}/{worker.total_steps} loss {state.metrics['train_loss']:.4f} "
+                             f"lr {lr:.2e} {state.metrics['tokens_per_s']:.0f} tok/s")
+            checkpoint_now = state.step % t.checkpoint_every == 0 or last
+            evaluate_now = state.step % t.eval_every == 0 or checkpoint_now
+            if evaluate_now:
+                state.metrics = {**state.metrics, "step": state.step, **worker.evaluate()}
+                worker.metrics_log.log_dict({k: state.metrics[k] for k in EVAL_METRICS}, state.step)
+                worker.metrics_log.flush()
+                if worker.is_main:
+                    progress(f"step {state.step} eval_loss {state.metrics['eval_loss']:.4f} "
+                             f"exact_match {state.metrics['eval_exact_match']:.3f}")
+            if checkpoint_now:
+                report_checkpoint(worker.built.engine, state.metrics, state.to_dict(), worker.is_main)
+            elif evaluate_now:
+                import ray.train
+
+                ray.train.report(state.metrics)
+            if last:
+                return
+            clock = time.perf_counter()
+        if fresh_epoch and not produced:
+            raise StageError(f"rank {worker.rank} got no full batch from the train data: "
+                             "lower train.micro_batch_size")
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
