@@ -107,7 +107,7 @@ def bare_loop_tokens_per_s(cfg: RayloraConfig, rows: list[dict], threads: int) -
     """The reference: adapters.build model, torch AdamW, batches prepared in memory, no Ray, no DeepSpeed.
     Returns (median tokens/s over windows, model FLOPs per token)."""
     from adapters.build import build_model
-    from pipelines.train.data import train_batches
+    from pipelines.train.data import model_inputs, train_batches
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -125,7 +125,7 @@ def bare_loop_tokens_per_s(cfg: RayloraConfig, rows: list[dict], threads: int) -
         windows, window, start = [], cfg.train.log_every, time.perf_counter()
         for step in range(cfg.train.max_steps):
             batch = data[step % len(data)]
-            loss = model(**batch, use_cache=False).loss
+            loss = model(**model_inputs(batch), use_cache=False).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
             optimizer.step()

@@ -14,6 +14,7 @@ the position ids (``masking_utils.find_packed_sequence_indices``): no attention 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import queue
 import random
@@ -26,6 +27,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100  # labels with this value are left out of the loss (the PyTorch / transformers convention)
+MODEL_INPUTS = ("input_ids", "labels", "position_ids")
 T = TypeVar("T")
 
 
@@ -35,6 +37,7 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
+    row_id: str = ""  # the curated row it came from
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Block:
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     position_ids: list[int] = field(default_factory=list)
+    row_ids: list[str] = field(default_factory=list)  # the rows packed into it, in order
 
 
 def tokenize_chat(messages: list[dict], tokenizer: PreTrainedTokenizerBase, responses_only: bool = True) -> Example:
@@ -113,13 +117,19 @@ def pack_examples(examples: Iterable[Example], seq_len: int, pad_id: int, packin
         block.input_ids += ids
         block.labels += labels
         block.position_ids += list(range(len(ids)))
+        block.row_ids.append(example.row_id)
     if block.input_ids:
         yield _finish(block, seq_len, pad_id, stats)
 
 
-def batches(blocks: Iterable[Block], micro_batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Stack blocks into ``{"input_ids", "labels", "position_ids"}`` tensors; a short last batch is dropped
-    so that every rank and every step sees the same shapes."""
+def model_inputs(batch: dict, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a micro-batch that the model takes (a batch also carries its ``row_ids``)."""
+    return {key: batch[key].to(device) if device is not None else batch[key] for key in MODEL_INPUTS}
+
+
+def batches(blocks: Iterable[Block], micro_batch_size: int) -> Iterator[dict]:
+    """Stack blocks into ``{"input_ids", "labels", "position_ids"}`` tensors, plus the ``row_ids`` of each
+    block; a short last batch is dropped so that every rank and every step sees the same shapes."""
     pending: list[Block] = []
     for block in blocks:
         pending.append(block)
@@ -128,6 +138,7 @@ def batches(blocks: Iterable[Block], micro_batch_size: int) -> Iterator[dict[str
                 "input_ids": torch.tensor([b.input_ids for b in pending]),
                 "labels": torch.tensor([b.labels for b in pending]),
                 "position_ids": torch.tensor([b.position_ids for b in pending]),
+                "row_ids": [b.row_ids for b in pending],
             }
             pending = []
 
@@ -156,10 +167,11 @@ def shuffled(rows: Iterable[dict], seed: int, buffer_size: int = 1024) -> Iterat
 
 def train_batches(rows: Iterable[dict], tokenizer: PreTrainedTokenizerBase, *, seq_len: int, micro_batch_size: int,
                   rank: int = 0, world_size: int = 1, seed: int = 0, packing: bool = True,
-                  responses_only: bool = True, stats: PackingStats | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                  responses_only: bool = True, stats: PackingStats | None = None) -> Iterator[dict]:
     """Rows -> this rank's shard -> seeded shuffle -> tokenised -> packed -> micro-batches: one epoch."""
     mine = shuffled(shard_rows(rows, rank, world_size), seed=seed)
-    examples = (tokenize_chat(row["messages"], tokenizer, responses_only) for row in mine)
+    examples = (dataclasses.replace(tokenize_chat(row["messages"], tokenizer, responses_only), row_id=row["id"])
+                for row in mine)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return batches(pack_examples(examples, seq_len, pad_id, packing=packing, stats=stats), micro_batch_size)
 

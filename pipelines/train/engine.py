@@ -21,6 +21,7 @@ import torch
 from pipelines.config import RayloraConfig
 from pipelines.errors import ConfigError
 from pipelines.models import resolve_base_model
+from pipelines.train.data import model_inputs
 
 
 def deepspeed_config(cfg: RayloraConfig) -> dict[str, Any]:
@@ -151,7 +152,7 @@ def build_engine(cfg: RayloraConfig, total_steps: int, base_path: str | None = N
                   total_params=built.total_params)
 
 
-def train_step(engine: Any, micro_batches: list[dict[str, torch.Tensor]]) -> float:
+def train_step(engine: Any, micro_batches: list[dict]) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss.
 
     No attention mask: with position ids that restart per packed example, transformers masks attention
@@ -159,8 +160,7 @@ def train_step(engine: Any, micro_batches: list[dict[str, torch.Tensor]]) -> flo
     engine.train()
     total = 0.0
     for batch in micro_batches:
-        batch = {k: v.to(engine.device) for k, v in batch.items()}
-        loss = engine(**batch, use_cache=False).loss
+        loss = engine(**model_inputs(batch, engine.device), use_cache=False).loss
         engine.backward(loss)
         engine.step()
         total += loss.item()
