@@ -84,7 +84,8 @@ def test_batches_stack_and_drop_the_short_tail():
     blocks = list(pack_examples([_example(3, i * 10) for i in range(5)], seq_len=4, pad_id=0))
     out = list(batches(blocks, micro_batch_size=2))
     assert len(out) == 2 and out[0]["input_ids"].shape == (2, 4)
-    assert set(out[0]) == {"input_ids", "labels", "position_ids"}
+    assert set(out[0]) == {"input_ids", "labels", "position_ids", "row_ids"}
+    assert out[0]["row_ids"] == [[""], [""]], "one (unnamed) row packed into each block"
 
 
 def test_shards_are_disjoint_complete_and_stable():
