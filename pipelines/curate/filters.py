@@ -1,25 +1,41 @@
-"""Row filters: small pure functions over canonical messages, each returning ``(keep, reason)``.
+"""Row filters: small named objects over canonical messages; calling one returns ``(keep, reason)``.
 
     raylora curate configs/demo.yaml     # runs them on Ray Data; curate.* keys configure them
 
-Each filter looks at one conversation (``[{"role", "content"}]``, roles system / user / assistant)
-and says whether to keep it and, if not, the reason it is counted under. A kept row has reason "".
-``build_filters`` turns the ``curate`` config section into the ordered chain; cheap checks run first
-and the first failing check names the reason.
+A filter has a ``name`` (what it checks), the check (``keeps``) and the ``reason`` a row it drops is
+counted under (datatrove's base_filter shape). It looks at one conversation (``[{"role", "content"}]``,
+roles system / user / assistant); a kept row has no reason (``KEPT``). ``build_filters`` turns the
+``curate`` config section into the ordered chain; cheap checks run first and the first failing one
+names the reason.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pipelines.curate.reasons import (
+    BAD_TURNS,
+    EMPTY_ANSWER,
+    KEPT,
+    OTHER_LANGUAGE,
+    OVER_LONG,
+    REFUSAL,
+    REPEATED_LINES,
+    REPEATED_NGRAMS,
+    SHORT_ANSWER,
+)
+
+if TYPE_CHECKING:
+    from pipelines.config import RayloraConfig
 
 Messages = Sequence[dict[str, str]]
 Verdict = tuple[bool, str]
-Filter = Callable[[Messages], Verdict]
-KEEP: Verdict = (True, "")
+KEEP: Verdict = (True, KEPT)
 
 WORD = re.compile(r"\w+", re.UNICODE)
 # Refusals and AI boilerplate: phrases an assistant that does the task never needs.
@@ -41,50 +57,70 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-def check_turns(messages: Messages) -> Verdict:
-    """An optional system turn, then user / assistant alternating, starting with user, ending with assistant."""
-    roles = [m["role"] for m in messages]
-    if roles[:1] == ["system"]:
-        roles = roles[1:]
-    if not roles:
-        return False, "bad_turns"
-    expected = ["user", "assistant"] * (len(roles) // 2)
-    if len(roles) % 2 or roles != expected:
-        return False, "bad_turns"
-    if any(not m["content"].strip() for m in messages if m["role"] == "user"):
-        return False, "bad_turns"
-    return KEEP
+def conversation_text(messages: Messages) -> str:
+    return "\n".join(m["content"] for m in messages)
 
 
-def check_empty_answer(messages: Messages, min_chars: int = 1) -> Verdict:
-    """Every answer holds at least ``min_chars`` characters that are not whitespace."""
-    if any(len(a.strip()) < max(min_chars, 1) for a in answers(messages)):
-        return False, "empty_answer"
-    return KEEP
+class Filter:
+    """One named check on a conversation and the reason a row it drops is counted under.
 
-
-def check_short_answer(messages: Messages, min_ratio: float, min_prompt_words: int) -> Verdict:
-    """A long request (>= ``min_prompt_words`` words) answered in a fraction of its length.
-
-    Short answers to short questions ("What is 3 + 4?" -> "7") are the point of many tasks, so only
-    prompts long enough to ask for more are judged, by answer chars / prompt chars.
+    Subclasses set ``name`` and ``reason`` and implement ``keeps``; calling the filter gives the verdict.
     """
-    if min_ratio <= 0:
-        return KEEP
-    for prompt, answer in zip(messages, messages[1:], strict=False):
-        if prompt["role"] != "user" or answer["role"] != "assistant":
-            continue
-        if len(words(prompt["content"])) >= min_prompt_words and \
-                len(answer["content"].strip()) < min_ratio * len(prompt["content"].strip()):
-            return False, "short_answer"
-    return KEEP
+
+    name: ClassVar[str]
+    reason: ClassVar[str]
+
+    def keeps(self, messages: Messages) -> bool:
+        raise NotImplementedError
+
+    def __call__(self, messages: Messages) -> Verdict:
+        return KEEP if self.keeps(messages) else (False, self.reason)
 
 
-def check_refusal(messages: Messages) -> Verdict:
+@dataclass(frozen=True)
+class TurnOrderFilter(Filter):
+    """An optional system turn, then user / assistant alternating, starting with user, ending with assistant;
+    no empty prompt."""
+
+    name: ClassVar[str] = "turn_order"
+    reason: ClassVar[str] = BAD_TURNS
+
+    def keeps(self, messages: Messages) -> bool:
+        roles = [m["role"] for m in messages]
+        if roles[:1] == ["system"]:
+            roles = roles[1:]
+        if not roles or len(roles) % 2 or roles != ["user", "assistant"] * (len(roles) // 2):
+            return False
+        return all(m["content"].strip() for m in messages if m["role"] == "user")
+
+
+@dataclass(frozen=True)
+class EmptyAnswerFilter(Filter):
+    """Every answer holds at least ``min_chars`` characters that are not whitespace."""
+
+    name: ClassVar[str] = "answer_chars"
+    reason: ClassVar[str] = EMPTY_ANSWER
+    min_chars: int = 1
+
+    def keeps(self, messages: Messages) -> bool:
+        return all(len(a.strip()) >= max(self.min_chars, 1) for a in answers(messages))
+
+
+@dataclass(frozen=True)
+class RefusalFilter(Filter):
     """Refusals and 'as an AI language model' boilerplate in any answer."""
-    if any(REFUSAL_PATTERNS.search(a) for a in answers(messages)):
-        return False, "refusal"
-    return KEEP
+
+    name: ClassVar[str] = "refusal_phrases"
+    reason: ClassVar[str] = REFUSAL
+
+    def keeps(self, messages: Messages) -> bool:
+        return not any(REFUSAL_PATTERNS.search(a) for a in answers(messages))
+
+
+def repeated_line_fraction(text: str) -> float:
+    """Fraction of the non-empty lines that repeat an earlier line (texts of fewer than 3 lines: 0)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (len(lines) - len(set(lines))) / len(lines) if len(lines) >= 3 else 0.0
 
 
 def repeated_ngram_fraction(tokens: Sequence[str], n: int) -> float:
@@ -93,35 +129,75 @@ def repeated_ngram_fraction(tokens: Sequence[str], n: int) -> float:
     return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
 
 
-def repeated_line_fraction(text: str) -> float:
-    """Fraction of the non-empty lines that repeat an earlier line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (len(lines) - len(set(lines))) / len(lines) if len(lines) >= 3 else 0.0
+@dataclass(frozen=True)
+class RepeatedLinesFilter(Filter):
+    """Degenerate answers that repeat the same lines over and over."""
+
+    name: ClassVar[str] = "line_repetition"
+    reason: ClassVar[str] = REPEATED_LINES
+    max_fraction: float
+
+    def keeps(self, messages: Messages) -> bool:
+        return all(repeated_line_fraction(a) <= self.max_fraction for a in answers(messages))
 
 
-def check_repetition(messages: Messages, max_ngram_fraction: float, max_line_fraction: float,
-                     n: int = 3, min_words: int = 12) -> Verdict:
-    """Degenerate answers: the same n-grams or lines over and over (answers of < ``min_words`` are not judged)."""
-    for answer in answers(messages):
-        tokens = words(answer)
-        if len(tokens) >= min_words and repeated_ngram_fraction(tokens, n) > max_ngram_fraction:
-            return False, "repetition"
-        if repeated_line_fraction(answer) > max_line_fraction:
-            return False, "repetition"
-    return KEEP
+@dataclass(frozen=True)
+class RepeatedNgramsFilter(Filter):
+    """Degenerate answers that repeat the same word n-grams (answers of < ``min_words`` words are not judged)."""
+
+    name: ClassVar[str] = "ngram_repetition"
+    reason: ClassVar[str] = REPEATED_NGRAMS
+    max_fraction: float
+    n: int = 3
+    min_words: int = 12
+
+    def keeps(self, messages: Messages) -> bool:
+        for answer in answers(messages):
+            tokens = words(answer)
+            if len(tokens) >= self.min_words and repeated_ngram_fraction(tokens, self.n) > self.max_fraction:
+                return False
+        return True
 
 
-def conversation_text(messages: Messages) -> str:
-    return "\n".join(m["content"] for m in messages)
+@dataclass(frozen=True)
+class ShortAnswerFilter(Filter):
+    """A long request (>= ``min_prompt_words`` words) answered in a fraction of its length.
+
+    Short answers to short questions ("What is 3 + 4?" -> "7") are the point of many tasks, so only
+    prompts long enough to ask for more are judged, by answer chars / prompt chars.
+    """
+
+    name: ClassVar[str] = "answer_ratio"
+    reason: ClassVar[str] = SHORT_ANSWER
+    min_ratio: float
+    min_prompt_words: int
+
+    def keeps(self, messages: Messages) -> bool:
+        if self.min_ratio <= 0:
+            return True
+        for prompt, answer in zip(messages, messages[1:], strict=False):
+            if prompt["role"] != "user" or answer["role"] != "assistant":
+                continue
+            if len(words(prompt["content"])) >= self.min_prompt_words and \
+                    len(answer["content"].strip()) < self.min_ratio * len(prompt["content"].strip()):
+                return False
+        return True
 
 
-def check_length(messages: Messages, count_tokens: Callable[[str], int], max_tokens: int) -> Verdict:
+@dataclass(frozen=True)
+class LengthFilter(Filter):
     """The whole conversation fits ``max_tokens`` tokens of the training tokenizer (4 per turn for the template)."""
-    # a byte-level tokenizer never makes more tokens than bytes: most rows need no tokenizing at all
-    if sum(len(m["content"].encode("utf-8", "surrogatepass")) + 4 for m in messages) <= max_tokens:
-        return KEEP
-    total = sum(count_tokens(m["content"]) + 4 for m in messages)
-    return (True, "") if total <= max_tokens else (False, "over_long")
+
+    name: ClassVar[str] = "token_length"
+    reason: ClassVar[str] = OVER_LONG
+    count_tokens: Callable[[str], int]
+    max_tokens: int
+
+    def keeps(self, messages: Messages) -> bool:
+        # a byte-level tokenizer never makes more tokens than bytes: most rows need no tokenizing at all
+        if sum(len(m["content"].encode("utf-8", "surrogatepass")) + 4 for m in messages) <= self.max_tokens:
+            return True
+        return sum(self.count_tokens(m["content"]) + 4 for m in messages) <= self.max_tokens
 
 
 @lru_cache(maxsize=1)
@@ -150,53 +226,82 @@ def identify_language(text: str) -> tuple[str, float]:
     return identifier.nb_classes[best], float(1.0 / probs.sum())
 
 
-def check_language(messages: Messages, allowed: Sequence[str], min_letters: int, min_confidence: float,
-                   identify: Callable[[str], tuple[str, float]] = identify_language) -> Verdict:
-    """Drop a conversation confidently identified as a language outside ``allowed``.
+@dataclass(frozen=True)
+class LanguageFilter(Filter):
+    """Drop a conversation confidently identified as a language outside ``allowed`` (empty: keep all).
 
     Language id on a few words ("Sort 7 2 9.") is noise, so text with fewer than ``min_letters``
     letters is not judged, and only a confident verdict drops a row.
     """
-    if not allowed:
-        return KEEP
-    text = conversation_text(m for m in messages if m["role"] != "system")
-    if sum(ch.isalpha() for ch in text) < min_letters:
-        return KEEP
-    lang, prob = identify(text)
-    if lang not in allowed and prob >= min_confidence:
-        return False, "other_language"
-    return KEEP
+
+    name: ClassVar[str] = "language_id"
+    reason: ClassVar[str] = OTHER_LANGUAGE
+    allowed: tuple[str, ...]
+    min_letters: int
+    min_confidence: float
+    identify: Callable[[str], tuple[str, float]] = identify_language
+
+    def keeps(self, messages: Messages) -> bool:
+        if not self.allowed:
+            return True
+        text = conversation_text([m for m in messages if m["role"] != "system"])
+        if sum(ch.isalpha() for ch in text) < self.min_letters:
+            return True
+        lang, prob = self.identify(text)
+        return lang in self.allowed or prob < self.min_confidence
 
 
 def build_filters(curate: Any, count_tokens: Callable[[str], int] | None, max_tokens: int) -> list[Filter]:
-    """The configured chain, cheapest first. ``curate`` is the CurateConfig section."""
-    chain: list[Filter] = [check_turns, lambda m: check_empty_answer(m, curate.min_answer_chars)]
+    """The configured chain, cheapest first. ``curate`` is the CurateConfig section; without
+    ``count_tokens`` no length filter runs."""
+    chain: list[Filter] = [TurnOrderFilter(), EmptyAnswerFilter(curate.min_answer_chars)]
     if curate.drop_refusals:
-        chain.append(check_refusal)
-    chain.append(lambda m: check_repetition(m, curate.max_repeated_ngram_fraction,
-                                            curate.max_repeated_line_fraction))
-    chain.append(lambda m: check_short_answer(m, curate.min_answer_ratio, curate.short_answer_min_prompt_words))
+        chain.append(RefusalFilter())
+    # lines before n-grams: a repeated line repeats its n-grams too, and the line check names it more exactly
+    chain.append(RepeatedLinesFilter(curate.max_repeated_line_fraction))
+    chain.append(RepeatedNgramsFilter(curate.max_repeated_ngram_fraction))
+    chain.append(ShortAnswerFilter(curate.min_answer_ratio, curate.short_answer_min_prompt_words))
     if count_tokens is not None:
-        chain.append(lambda m: check_length(m, count_tokens, max_tokens))
+        chain.append(LengthFilter(count_tokens, max_tokens))
     if curate.languages:
-        chain.append(lambda m: check_language(m, curate.languages, curate.language_min_letters,
-                                              curate.language_min_confidence))
+        chain.append(LanguageFilter(tuple(curate.languages), curate.language_min_letters,
+                                    curate.language_min_confidence))
     return chain
 
 
-def quality_score(messages: Messages) -> float:
-    """LIMA-style preference for substance: longer answers, more exchanges, varied wording."""
-    answer_words = [w for a in answers(messages) for w in words(a)]
-    all_words = words(conversation_text(messages))
-    variety = len(set(all_words)) / len(all_words) if all_words else 0.0
-    exchanges = sum(m["role"] == "assistant" for m in messages)
-    return math.log1p(len(answer_words)) + 0.5 * (exchanges - 1) + variety
-
-
 def first_failure(messages: Messages, chain: Sequence[Filter]) -> str:
-    """The reason of the first filter that drops the conversation, or "" when every filter keeps it."""
+    """The reason of the first filter that drops the conversation, or ``KEPT`` when every filter keeps it."""
     for check in chain:
         keep, reason = check(messages)
         if not keep:
             return reason
-    return ""
+    return KEPT
+
+
+# --- what the length filter counts with -------------------------------------------------------------
+
+def length_tokenizer(cfg: RayloraConfig) -> str:
+    """The tokenizer the length filter counts with: ``data.tokenizer``, else the base model's."""
+    from pipelines.models import resolve_base_model
+
+    return resolve_base_model(cfg.data.tokenizer or cfg.model.base)
+
+
+def token_limit(cfg: RayloraConfig) -> int:
+    """The length filter's limit: ``curate.max_tokens``, else ``model.max_seq_len``."""
+    return cfg.curate.max_tokens or cfg.model.max_seq_len
+
+
+@lru_cache(maxsize=2)
+def token_counter(tokenizer: str) -> Callable[[str], int]:
+    """len(tokens) of a text under ``tokenizer`` (a local directory or a hub id); loaded once per process."""
+    local = Path(tokenizer) / "tokenizer.json"
+    if local.is_file():
+        from tokenizers import Tokenizer
+
+        fast = Tokenizer.from_file(str(local))
+        return lambda text: len(fast.encode(text, add_special_tokens=False).ids)
+    from transformers import AutoTokenizer
+
+    hub = AutoTokenizer.from_pretrained(tokenizer)
+    return lambda text: len(hub.encode(text, add_special_tokens=False))

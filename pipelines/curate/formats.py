@@ -32,9 +32,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.curate.reasons import KEPT, MALFORMED
 from pipelines.errors import StageError
 
-MALFORMED = "malformed"
 HF_PREFIX = "hf://"
 CHUNK_BYTES = 2 << 20  # JSONL byte range per read task: small enough that the last tasks do not run alone
 FILE_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -169,7 +169,7 @@ def canonical_row(record: Any, source: str, fmt: str, field_map: dict[str, str],
     except MalformedRecord as err:
         return malformed_row(row_id or fallback_id, source, str(err))
     return {"id": row_id or stable_id(source, record), "source": source,
-            "messages": json.dumps(messages, ensure_ascii=False), "reason": "", "detail": ""}
+            "messages": json.dumps(messages, ensure_ascii=False), "reason": KEPT, "detail": ""}
 
 
 def malformed_row(row_id: str, source: str, error: str) -> dict:

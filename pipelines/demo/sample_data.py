@@ -12,7 +12,8 @@ Files written (every row carries an ``id``; the labels file scores curation):
     sharegpt.jsonl {"id", "conversations": [{"from", "value"}]}
     openai.jsonl   {"id", "messages": [{"role", "content"}]}
     eval.jsonl     held-out items in the OpenAI shape, never in the clean training rows
-    labels.jsonl   {"id", "kind", "file", "line", "group"}: kind is "clean" or a defect kind
+    labels.jsonl   {"id", "kind", "file", "line", "group"}: kind is "clean" or a defect kind, which is
+                   the drop reason (pipelines/curate/reasons.py) curation should give the row
 
 A line that is not JSON has no id of its own: its id is ``<file stem>:<line number>`` (1-based),
 the id curation gives a row it cannot parse. Duplicate groups share ``group`` (the original's id);
@@ -27,18 +28,35 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.curate.reasons import (
+    BAD_TURNS,
+    CONTAMINATED,
+    EMPTY_ANSWER,
+    EXACT_DUPLICATE,
+    MALFORMED,
+    NEAR_DUPLICATE,
+    OTHER_LANGUAGE,
+    OVER_LONG,
+    REFUSAL,
+    REPEATED_LINES,
+    REPEATED_NGRAMS,
+    SHORT_ANSWER,
+)
+
+CLEAN = "clean"  # the label of a row with no defect
 DEFECT_KINDS = (
-    "exact_duplicate",
-    "near_duplicate",
-    "empty_answer",
-    "short_answer",
-    "refusal",
-    "other_language",
-    "over_long",
-    "repetition",
-    "bad_turns",
-    "contaminated",
-    "malformed",
+    EXACT_DUPLICATE,
+    NEAR_DUPLICATE,
+    EMPTY_ANSWER,
+    SHORT_ANSWER,
+    REFUSAL,
+    OTHER_LANGUAGE,
+    OVER_LONG,
+    REPEATED_NGRAMS,
+    REPEATED_LINES,
+    BAD_TURNS,
+    CONTAMINATED,
+    MALFORMED,
 )
 FORMATS = ("alpaca", "sharegpt", "openai")
 _SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "dor", "sil", "tha", "quo", "zen", "bri", "mur", "pel", "tov", "xan"]
@@ -116,7 +134,7 @@ def _messages(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"role": role, "content": text} for role, text in turns]
 
 
-def _as_format(fmt: str, row_id: str, turns: list[tuple[str, str]]) -> dict:
+def as_format(fmt: str, row_id: str, turns: list[tuple[str, str]]) -> dict:
     """One conversation written in the shape that users bring for ``fmt``."""
     if fmt == "alpaca":
         assert len(turns) == 2, "alpaca holds one exchange"
@@ -199,14 +217,14 @@ def generate(out_dir: str | Path, seed: int = 0, n_clean: int = 2000, n_eval: in
             turns += [("user", (t2 := fresh_task()).question), ("assistant", t2.answer)]
         row_id = f"{fmt[:3]}-{i:06d}"
         clean.append((fmt, row_id, turns))
-        writer.add(fmt, _as_format(fmt, row_id, turns), "clean")
+        writer.add(fmt, as_format(fmt, row_id, turns), CLEAN)
 
     n_defects = int(n_clean * defect_rate)
     for j in range(n_defects):
         kind = DEFECT_KINDS[j % len(DEFECT_KINDS)]
         # near duplicates come from the long multi-turn rows: on a five-word row no shingle similarity
         # tells a near duplicate from a sibling task, and only the OpenAI shape holds several turns
-        fmt = "openai" if kind == "near_duplicate" else FORMATS[(j // len(DEFECT_KINDS)) % 3]
+        fmt = "openai" if kind == NEAR_DUPLICATE else FORMATS[(j // len(DEFECT_KINDS)) % 3]
         row_id = f"{fmt[:3]}-d{j:05d}"
         for planted in _plant(kind, fmt, row_id, rng, clean, evals, capitals):
             writer.add(fmt, planted.row, planted.kind, planted.group)
@@ -229,50 +247,51 @@ def _plant(kind: str, fmt: str, row_id: str, rng: random.Random, clean: list, ev
            capitals: dict[str, str]) -> Iterator[Planted]:
     """One planted defect (or several rows for one) of ``kind`` in format ``fmt``."""
     def single(prompt: str, answer: str) -> dict:
-        return _as_format(fmt, row_id, [("user", prompt), ("assistant", answer)])
+        return as_format(fmt, row_id, [("user", prompt), ("assistant", answer)])
 
     _, src_id, src_turns = rng.choice([c for c in clean if len(c[2]) == 2])
     prompt, answer = src_turns[0][1], src_turns[1][1]
     country = rng.choice(sorted(capitals))
-    if kind == "exact_duplicate":
-        yield Planted(_as_format(fmt, f"{src_id}~dup{row_id}", src_turns), kind, group=src_id)
-    elif kind == "near_duplicate":
+    if kind == EXACT_DUPLICATE:
+        yield Planted(as_format(fmt, f"{src_id}~dup{row_id}", src_turns), kind, group=src_id)
+    elif kind == NEAR_DUPLICATE:
         _, long_id, long_turns = rng.choice([c for c in clean if len(c[2]) > 2])
         role, text = long_turns[-2]
         tweaked = [*long_turns[:-2], (role, text + rng.choice([" Thanks!", " Please.", " Thank you."])), long_turns[-1]]
-        yield Planted(_as_format(fmt, f"{long_id}~near{row_id}", tweaked), kind, group=long_id)
-    elif kind == "empty_answer":
+        yield Planted(as_format(fmt, f"{long_id}~near{row_id}", tweaked), kind, group=long_id)
+    elif kind == EMPTY_ANSWER:
         yield Planted(single(prompt, rng.choice(["", "   ", "\n"])), kind)
-    elif kind == "short_answer":
+    elif kind == SHORT_ANSWER:
         ask = (f"Write a detailed essay of several paragraphs about the history, culture, economy and "
                f"geography of {country}, including its capital {capitals[country]}, its rivers, its famous "
                f"people and what a traveller should see there.")
         yield Planted(single(ask, rng.choice(["Yes.", "Ok.", "Sure.", "No."])), kind)
-    elif kind == "refusal":
+    elif kind == REFUSAL:
         yield Planted(single(prompt, rng.choice(_REFUSALS)), kind)
-    elif kind == "other_language":
+    elif kind == OTHER_LANGUAGE:
         q, a = rng.choice(_FOREIGN)
         yield Planted(single(q.format(c=country), a.format(city=capitals[country])), kind)
-    elif kind == "over_long":
+    elif kind == OVER_LONG:
         words = [rng.choice(_FILLER) + rng.choice(["", "s", "ed", "ing"]) for _ in range(900)]
         essay = ". ".join(" ".join(words[k:k + 12]).capitalize() for k in range(0, len(words), 12)) + "."
         yield Planted(single(f"Describe {country} in as much detail as you can.", essay), kind)
-    elif kind == "repetition":
-        body = rng.choice([" ".join([answer] * 40), "\n".join([f"The answer is {answer}."] * 15)])
-        yield Planted(single(prompt, body), kind)
-    elif kind == "bad_turns":
+    elif kind == REPEATED_NGRAMS:  # one line of the same words over and over
+        yield Planted(single(prompt, " ".join([answer] * 40)), kind)
+    elif kind == REPEATED_LINES:
+        yield Planted(single(prompt, "\n".join([f"The answer is {answer}."] * 15)), kind)
+    elif kind == BAD_TURNS:
         if fmt == "alpaca":  # alpaca cannot hold turns: an exchange with no instruction at all
             yield Planted({"id": row_id, "instruction": "", "input": "", "output": answer}, kind)
         else:
             turns = rng.choice([[("assistant", answer), ("user", prompt)],
                                 [("user", prompt), ("user", prompt), ("assistant", answer)],
                                 [("user", prompt)]])
-            yield Planted(_as_format(fmt, row_id, turns), kind)
-    elif kind == "contaminated":
+            yield Planted(as_format(fmt, row_id, turns), kind)
+    elif kind == CONTAMINATED:
         leaked = rng.choice(evals)
         preamble = rng.choice(_PREAMBLES)
         yield Planted(single(f"{preamble} {leaked.question}".strip(), leaked.answer), kind)
-    elif kind == "malformed":
+    elif kind == MALFORMED:
         yield Planted(rng.choice(_MALFORMED[fmt])(row_id, prompt, answer), kind)
     else:
         raise ValueError(f"unknown defect kind {kind!r}")

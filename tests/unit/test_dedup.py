@@ -1,4 +1,4 @@
-"""MinHash, LSH buckets, verified duplicate finding on Ray Data, and decontamination."""
+"""MinHash, LSH buckets, verified duplicate finding on Ray Data, decontamination, and diversity selection."""
 
 import json
 
@@ -6,23 +6,27 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipelines.curate.decontaminate import (
+    ContaminationFilter,
+    EvalIndex,
+    build_eval_index,
+    eval_item_words,
+    is_contaminated,
+)
 from pipelines.curate.dedup import (
     DedupSpec,
-    EvalIndex,
     MinHasher,
     band_keys,
-    build_eval_index,
     dedup_keys,
-    eval_item_words,
     exact_key,
-    farthest_point_ids,
-    is_contaminated,
     jaccard,
     lsh_bands,
     mark_duplicates,
     shingles,
-    shuffle_partitions,
 )
+from pipelines.curate.raydata import shuffle_partitions
+from pipelines.curate.reasons import CONTAMINATED, EXACT_DUPLICATE, NEAR_DUPLICATE
+from pipelines.curate.select import farthest_point_ids
 
 
 def chat(question, answer, system=None):
@@ -86,14 +90,14 @@ def test_find_duplicates_on_ray_keeps_the_smallest_id(ray_local, tmp_path):
         "f": chat("What is 3 + 4?", "7"),
     }
     assert _duplicates(ray_local, conversations, DedupSpec(threshold=0.7), tmp_path) == {
-        "b": ("near_duplicate", "duplicate of a"), "c": ("exact_duplicate", "duplicate of a"),
-        "f": ("exact_duplicate", "duplicate of d")}
+        "b": (NEAR_DUPLICATE, "duplicate of a"), "c": (EXACT_DUPLICATE, "duplicate of a"),
+        "f": (EXACT_DUPLICATE, "duplicate of d")}
 
 
 def test_exact_only(ray_local, tmp_path):
     conversations = {"x": chat("What is 3 + 4?", "7"), "w": chat("what is 3 + 4?", "7")}
     assert _duplicates(ray_local, conversations, DedupSpec(threshold=None), tmp_path) == {
-        "x": ("exact_duplicate", "duplicate of w")}
+        "x": (EXACT_DUPLICATE, "duplicate of w")}
 
 
 def test_short_eval_items_match_whole_long_ones_by_ngram(tmp_path):
@@ -109,6 +113,7 @@ def test_short_eval_items_match_whole_long_ones_by_ngram(tmp_path):
     assert not is_contaminated(chat("Sort 2 5 9.", "2 5 9"), index)
     assert is_contaminated(chat("So, the river that runs through the valley of Kalo?", "Yes"), index)
     assert not is_contaminated(chat("What is the river of Kalo?", "Ven"), index)
+    assert ContaminationFilter(index)(chat("Please help. Sort 2 5 7.", "2 5 7")) == (False, CONTAMINATED)
 
 
 def test_eval_words_skip_the_system_turn():

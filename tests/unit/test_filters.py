@@ -4,18 +4,29 @@ import pytest
 
 from pipelines.config import CurateConfig
 from pipelines.curate.filters import (
+    EmptyAnswerFilter,
+    LanguageFilter,
+    LengthFilter,
+    RefusalFilter,
+    RepeatedLinesFilter,
+    RepeatedNgramsFilter,
+    ShortAnswerFilter,
+    TurnOrderFilter,
     build_filters,
-    check_empty_answer,
-    check_language,
-    check_length,
-    check_refusal,
-    check_repetition,
-    check_short_answer,
-    check_turns,
     first_failure,
     identify_language,
-    quality_score,
 )
+from pipelines.curate.reasons import (
+    BAD_TURNS,
+    EMPTY_ANSWER,
+    OTHER_LANGUAGE,
+    OVER_LONG,
+    REFUSAL,
+    REPEATED_LINES,
+    REPEATED_NGRAMS,
+    SHORT_ANSWER,
+)
+from pipelines.curate.select import quality_score
 
 
 def chat(*turns):
@@ -48,18 +59,19 @@ def test_clean_rows_pass_every_filter(messages):
     chat("s Be brief."),
 ])
 def test_bad_turns(messages):
-    assert check_turns(messages) == (False, "bad_turns")
+    assert TurnOrderFilter()(messages) == (False, BAD_TURNS)
 
 
 @pytest.mark.parametrize("answer", ["", "   ", "\n"])
 def test_empty_answer(answer):
-    assert check_empty_answer(chat("u What is 3 + 4?", f"a {answer}")) == (False, "empty_answer")
+    assert EmptyAnswerFilter()(chat("u What is 3 + 4?", f"a {answer}")) == (False, EMPTY_ANSWER)
 
 
 def test_short_answer_needs_a_long_prompt():
-    assert check_short_answer(chat(f"u {ESSAY}", "a Yes."), 0.05, 30) == (False, "short_answer")
-    assert check_short_answer(chat("u What is 3 + 4?", "a 7"), 0.05, 30) == (True, "")
-    assert check_short_answer(chat(f"u {ESSAY}", "a " + "A long answer. " * 10), 0.05, 30) == (True, "")
+    short_answer = ShortAnswerFilter(0.05, 30)
+    assert short_answer(chat(f"u {ESSAY}", "a Yes.")) == (False, SHORT_ANSWER)
+    assert short_answer(chat("u What is 3 + 4?", "a 7")) == (True, "")
+    assert short_answer(chat(f"u {ESSAY}", "a " + "A long answer. " * 10)) == (True, "")
 
 
 @pytest.mark.parametrize("answer", [
@@ -68,15 +80,22 @@ def test_short_answer_needs_a_long_prompt():
     "I cannot provide that information. As a large language model, I don't have personal opinions.",
 ])
 def test_refusals(answer):
-    assert check_refusal(chat("u What is 3 + 4?", f"a {answer}")) == (False, "refusal")
+    assert RefusalFilter()(chat("u What is 3 + 4?", f"a {answer}")) == (False, REFUSAL)
 
 
-def test_repetition_of_ngrams_and_lines():
-    assert check_repetition(chat("u Sort 1 2 3.", "a " + " ".join(["1 2 3"] * 40)), 0.3, 0.3)[1] == "repetition"
-    lines = "\n".join(["The answer is 7."] * 15)
-    assert check_repetition(chat("u What is 3 + 4?", f"a {lines}"), 0.3, 0.3)[1] == "repetition"
-    prose = "The river runs past the old mill, then turns east where the valley opens toward the sea."
-    assert check_repetition(chat("u Describe it.", f"a {prose}"), 0.3, 0.3) == (True, "")
+def test_repeated_ngrams_and_repeated_lines_are_told_apart():
+    repeated_ngrams, repeated_lines = RepeatedNgramsFilter(0.3), RepeatedLinesFilter(0.3)
+    one_line = chat("u Sort 1 2 3.", "a " + " ".join(["1 2 3"] * 40))
+    assert repeated_ngrams(one_line)[1] == REPEATED_NGRAMS
+    assert repeated_lines(one_line) == (True, "")
+    lines = chat("u What is 3 + 4?", "a " + "\n".join(["The answer is 7."] * 15))
+    assert repeated_lines(lines)[1] == REPEATED_LINES
+    # a repeated line repeats its n-grams too: the chain checks lines first, so it names the lines
+    chain = build_filters(CurateConfig(), None, 256)
+    assert (first_failure(one_line, chain), first_failure(lines, chain)) == (REPEATED_NGRAMS, REPEATED_LINES)
+    prose = chat("u Describe it.", "a The river runs past the old mill, then turns east where the valley opens "
+                                   "toward the sea.")
+    assert repeated_ngrams(prose) == repeated_lines(prose) == (True, "")
 
 
 def test_length_counts_tokens_only_when_it_could_matter():
@@ -86,22 +105,23 @@ def test_length_counts_tokens_only_when_it_could_matter():
         calls.append(text)
         return len(text)
 
-    assert check_length(chat("u short", "a 7"), count, 256) == (True, "")
+    length = LengthFilter(count, 256)
+    assert length(chat("u short", "a 7")) == (True, "")
     assert calls == []  # under the byte bound: no tokenizing
-    assert check_length(chat("u " + "word " * 100, "a 7"), count, 256) == (False, "over_long")
+    assert length(chat("u " + "word " * 100, "a 7")) == (False, OVER_LONG)
 
 
 def test_language_is_judged_only_on_enough_text_with_confidence():
     french = chat("u Quelle est la capitale de Kalo ? Je voudrais le savoir pour mon voyage.",
                   "a La capitale de ce pays est Ven, une très belle ville avec beaucoup de musées.")
-    assert check_language(french, ["en"], 60, 0.9) == (False, "other_language")
-    assert check_language(french, ["en", "fr"], 60, 0.9) == (True, "")
-    assert check_language(french, [], 60, 0.9) == (True, "")
+    assert LanguageFilter(("en",), 60, 0.9)(french) == (False, OTHER_LANGUAGE)
+    assert LanguageFilter(("en", "fr"), 60, 0.9)(french) == (True, "")
+    assert LanguageFilter((), 60, 0.9)(french) == (True, "")
     # too little text to judge: kept whatever the identifier would say
-    assert check_language(chat("u Sort 7 2 9.", "a 2 7 9"), ["en"], 60, 0.9,
-                          identify=lambda text: ("xx", 1.0)) == (True, "")
+    assert LanguageFilter(("en",), 60, 0.9, identify=lambda text: ("xx", 1.0))(
+        chat("u Sort 7 2 9.", "a 2 7 9")) == (True, "")
     # an unsure verdict does not drop
-    assert check_language(french, ["en"], 10, 0.9, identify=lambda text: ("fr", 0.5)) == (True, "")
+    assert LanguageFilter(("en",), 10, 0.9, identify=lambda text: ("fr", 0.5))(french) == (True, "")
 
 
 def test_identify_language_matches_langid():
@@ -124,3 +144,11 @@ def test_filters_can_be_turned_off():
 
 def test_quality_prefers_substance():
     assert quality_score(CLEAN[3]) > quality_score(CLEAN[0])
+
+
+def test_the_chain_is_named_filters_in_order():
+    chain = build_filters(CurateConfig(), len, 256)
+    assert [f.name for f in chain] == ["turn_order", "answer_chars", "refusal_phrases", "line_repetition",
+                                       "ngram_repetition", "answer_ratio", "token_length", "language_id"]
+    assert [f.reason for f in chain] == [BAD_TURNS, EMPTY_ANSWER, REFUSAL, REPEATED_LINES, REPEATED_NGRAMS,
+                                         SHORT_ANSWER, OVER_LONG, OTHER_LANGUAGE]

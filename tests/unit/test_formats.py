@@ -16,6 +16,7 @@ from pipelines.curate.formats import (
     source_name,
     to_messages,
 )
+from pipelines.curate.reasons import KEPT, MALFORMED
 from pipelines.errors import StageError
 
 CONVERSATION = [{"role": "user", "content": "What is 3 + 4?"}, {"role": "assistant", "content": "7"}]
@@ -64,7 +65,7 @@ def test_malformed_records_name_the_problem(record, error):
     with pytest.raises(MalformedRecord, match=error):
         to_messages(record)
     row = canonical_row({"id": "r1", **record}, "src", "auto", {}, "file:1")
-    assert (row["id"], row["reason"]) == ("r1", "malformed")
+    assert (row["id"], row["reason"]) == ("r1", MALFORMED)
     assert error in row["detail"]
 
 
@@ -85,7 +86,7 @@ def test_jsonl_bad_lines_get_file_and_line_ids(tmp_path):
     path.write_bytes(good + b"\n\n{not json\n" + b'{"id": "b", "output": "7\x9f"}\n' + b"[1, 2]\n")
     rows = _read_all([DataSource(path=str(path))])
     assert [(r["id"], r["reason"]) for r in rows] == [
-        ("a", ""), ("mixed:3", "malformed"), ("mixed:4", "malformed"), ("mixed:5", "malformed")]
+        ("a", KEPT), ("mixed:3", MALFORMED), ("mixed:4", MALFORMED), ("mixed:5", MALFORMED)]
     assert "not JSON" in rows[1]["detail"] and "invalid UTF-8" in rows[2]["detail"]
     assert "expected a JSON object" in rows[3]["detail"]
 
@@ -123,7 +124,7 @@ def test_csv_row_with_invalid_utf8_is_quarantined_and_its_neighbours_kept(tmp_pa
                      b"r2,What is \xff\xfe?,3\n"
                      b"r3,What is 3 + 1?,4\n")
     rows = _read_all([DataSource(path=str(path))])
-    assert [(r["id"], r["reason"]) for r in rows] == [("r1", ""), ("mixed:3", "malformed"), ("r3", "")]
+    assert [(r["id"], r["reason"]) for r in rows] == [("r1", KEPT), ("mixed:3", MALFORMED), ("r3", KEPT)]
     assert rows[1]["detail"] == "invalid UTF-8 in column 'prompt'"
 
 

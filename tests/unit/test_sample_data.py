@@ -3,8 +3,22 @@ from collections import Counter
 
 import pytest
 
+from pipelines.curate.reasons import (
+    BAD_TURNS,
+    CONTAMINATED,
+    EMPTY_ANSWER,
+    EXACT_DUPLICATE,
+    MALFORMED,
+    NEAR_DUPLICATE,
+    OTHER_LANGUAGE,
+    OVER_LONG,
+    REFUSAL,
+    REPEATED_LINES,
+    REPEATED_NGRAMS,
+    SHORT_ANSWER,
+)
 from pipelines.demo import sample_data
-from pipelines.demo.sample_data import DEFECT_KINDS, generate, read_labels
+from pipelines.demo.sample_data import CLEAN, DEFECT_KINDS, generate, read_labels
 
 
 def _turns(row: dict) -> list[tuple[str, str]]:
@@ -38,8 +52,8 @@ def test_every_line_is_labelled_once(data):
     assert {(lab["file"], lab["line"]) for lab in labels} == set(lines)
     assert len({lab["id"] for lab in labels}) == len(labels)
     kinds = Counter(lab["kind"] for lab in labels)
-    assert kinds["clean"] == 2000
-    assert set(kinds) == {"clean", *DEFECT_KINDS}
+    assert kinds[CLEAN] == 2000
+    assert set(kinds) == {CLEAN, *DEFECT_KINDS}
     assert min(kinds[k] for k in DEFECT_KINDS) >= 15
 
 
@@ -49,7 +63,7 @@ def _parsed(data, kind):
 
 
 def test_clean_rows_are_well_formed_and_unique(data):
-    rows = _parsed(data, "clean")
+    rows = _parsed(data, CLEAN)
     texts = [json.dumps(_turns(row)) for _, row in rows]
     assert len(set(texts)) == len(texts)
     for lab, row in rows:
@@ -62,7 +76,7 @@ def test_eval_items_never_appear_in_clean_rows(data):
     paths, _, _ = data
     eval_questions = {json.loads(line)["messages"][0]["content"] for line in paths["eval"].read_text().splitlines()}
     assert len(eval_questions) == 200
-    for _, row in _parsed(data, "clean"):
+    for _, row in _parsed(data, CLEAN):
         for role, text in _turns(row):
             if role in ("user", "human"):
                 assert not any(text.endswith(q) for q in eval_questions), text
@@ -73,32 +87,36 @@ def test_labels_match_what_was_planted(data):
     by_id = {lab["id"]: lab for lab in labels}
     eval_rows = [json.loads(line) for line in paths["eval"].read_text().splitlines()]
     eval_pairs = {(r["messages"][0]["content"], r["messages"][1]["content"]) for r in eval_rows}
-    originals = {lab["id"]: json.loads(lines[(lab["file"], lab["line"])]) for lab in labels if lab["kind"] == "clean"}
+    originals = {lab["id"]: json.loads(lines[(lab["file"], lab["line"])]) for lab in labels if lab["kind"] == CLEAN}
 
-    for lab, row in _parsed(data, "exact_duplicate"):
+    for lab, row in _parsed(data, EXACT_DUPLICATE):
         assert _turns(row) == _turns(originals[lab["group"]]) or [t for _, t in _turns(row)] == [
             t for _, t in _turns(originals[lab["group"]])]
         assert lab["group"] < lab["id"], "the original is the smallest id of its group"
-    for lab, row in _parsed(data, "near_duplicate"):
+    for lab, row in _parsed(data, NEAR_DUPLICATE):
         orig = [t for _, t in _turns(originals[lab["group"]])]
         near = [t for _, t in _turns(row)]
         assert orig != near and sum(a == b for a, b in zip(orig, near, strict=True)) == len(orig) - 1
-    for _, row in _parsed(data, "empty_answer"):
+    for _, row in _parsed(data, EMPTY_ANSWER):
         assert _turns(row)[-1][1].strip() == ""
-    for _, row in _parsed(data, "short_answer"):
+    for _, row in _parsed(data, SHORT_ANSWER):
         prompt, answer = _turns(row)[0][1], _turns(row)[-1][1]
         assert len(answer.split()) == 1 and len(prompt.split()) > 30
-    for _, row in _parsed(data, "refusal"):
+    for _, row in _parsed(data, REFUSAL):
         assert "AI" in _turns(row)[-1][1] or "cannot" in _turns(row)[-1][1]
-    for _, row in _parsed(data, "over_long"):
+    for _, row in _parsed(data, OVER_LONG):
         assert len(_turns(row)[-1][1].split()) > 500
-    for _, row in _parsed(data, "contaminated"):
+    for _, row in _parsed(data, CONTAMINATED):
         prompt, answer = _turns(row)[0][1], _turns(row)[-1][1]
         assert any(prompt.endswith(q) and answer == a for q, a in eval_pairs)
-    for _, row in _parsed(data, "repetition"):
+    for _, row in _parsed(data, REPEATED_NGRAMS):
+        answer = _turns(row)[-1][1]
+        assert len(set(answer.split())) * 4 < len(answer.split()) and "\n" not in answer
+    for _, row in _parsed(data, REPEATED_LINES):
         answer = _turns(row)[-1][1]
         assert len(set(answer.split())) * 4 < len(answer.split())
-    for _, row in _parsed(data, "bad_turns"):
+        assert len(set(answer.splitlines())) * 4 < len(answer.splitlines())
+    for _, row in _parsed(data, BAD_TURNS):
         roles = [r for r, _ in _turns(row)]
         ok = roles[:2] == ["user", "assistant"] or roles[:2] == ["human", "gpt"]
         assert not ok or not _turns(row)[0][1]
@@ -108,13 +126,13 @@ def test_labels_match_what_was_planted(data):
 def test_other_language_rows_are_identified_as_such(data):
     import langid
 
-    for _, row in _parsed(data, "other_language"):
+    for _, row in _parsed(data, OTHER_LANGUAGE):
         assert langid.classify(" ".join(t for _, t in _turns(row)))[0] != "en"
 
 
 def test_malformed_rows_fail_to_parse_or_break_the_schema(data):
     _, labels, lines = data
-    for lab in (lab for lab in labels if lab["kind"] == "malformed"):
+    for lab in (lab for lab in labels if lab["kind"] == MALFORMED):
         raw = lines[(lab["file"], lab["line"])]
         try:
             row = json.loads(raw.decode("utf-8"))
