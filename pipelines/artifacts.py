@@ -61,12 +61,17 @@ class DatasetManifest(Artifact):
     num_dropped: int
     dropped_by_reason: dict[str, int]
     per_source: dict[str, dict[str, int]]  # source -> {"read", "kept", "dropped"}
-    content_hash: str  # sha256 over the kept rows (order-free sum of row digests): the data lineage tag
+    train_hash: str  # sha256 over the train rows (order-free sum of row digests): the data lineage tag
+    eval_hash: str  # the same over the held-out eval rows
     config: dict[str, Any]  # the data and curate sections used
 
     @property
     def num_kept(self) -> int:
         return self.num_train + self.num_eval
+
+    @property
+    def data_hashes(self) -> dict[str, str]:
+        return {"train": self.train_hash, "eval": self.eval_hash}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +82,11 @@ class TrainResult(Artifact):
     adapter_path: str
     base_model: str
     metrics: dict[str, float]
-    checkpoint_path: str | None
+    checkpoint_path: str | None  # the checkpoint the adapter was exported from
     mlflow_run_id: str | None
-    dataset_hash: str
+    train_hash: str
+    eval_hash: str
+    fingerprint: str  # what shaped the result (pipelines.fingerprint); keys the run's directory
     config: dict[str, Any]
 
 

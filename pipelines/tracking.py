@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_NAME_TAG = "raylora.run_name"
+FINGERPRINT_TAG = "raylora.fingerprint"
 STAGE_TAG = "raylora.stage"
 MAX_PARAM_CHARS = 500  # MLflow rejects longer param values
 PARAMS_PER_BATCH = 100  # MLflow's log_batch limit for params
@@ -48,19 +49,20 @@ def experiment_id(tracking_uri: str, experiment: str) -> str:
     return found.experiment_id if found else client(tracking_uri).create_experiment(experiment)
 
 
-def open_run(tracking_uri: str, experiment: str, run_name: str, stage: str, *, tags: Mapping[str, str],
-             params: Mapping[str, Any]) -> str:
-    """The run id for ``run_name``: its unfinished run is continued, else a new run gets ``tags`` and the
-    flattened ``params``."""
+def open_run(tracking_uri: str, experiment: str, run_name: str, stage: str, *, fingerprint: str,
+             tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+    """The run id for ``run_name`` at ``fingerprint``: its unfinished run is continued, else a new run (named
+    ``<run_name>-<fingerprint>``) gets ``tags`` and the flattened ``params``."""
     mlflow_client = client(tracking_uri)
     exp_id = experiment_id(tracking_uri, experiment)
     unfinished = mlflow_client.search_runs(
-        [exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'FINISHED'",
+        [exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}' and tags.`{FINGERPRINT_TAG}` = "
+                                f"'{fingerprint}' and attributes.status != 'FINISHED'",
         max_results=1)
     if unfinished:
         return unfinished[0].info.run_id
-    run = mlflow_client.create_run(exp_id, run_name=run_name,
-                                   tags={RUN_NAME_TAG: run_name, STAGE_TAG: stage, **tags})
+    run = mlflow_client.create_run(exp_id, run_name=f"{run_name}-{fingerprint}", tags={
+        RUN_NAME_TAG: run_name, FINGERPRINT_TAG: fingerprint, STAGE_TAG: stage, **tags})
     log_params(tracking_uri, run.info.run_id, params)
     return run.info.run_id
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -74,18 +76,50 @@ def sample_data(tmp_path_factory) -> dict[str, Path]:
     return sample_data.generate(tmp_path_factory.mktemp("sample-data"), seed=0)
 
 
-@pytest.fixture
-def demo_config_dict(sample_data, tmp_path) -> dict:
-    """configs/demo.yaml pointed at the session's sample data and a per-test workdir."""
+@pytest.fixture(scope="session")
+def demo_config_base(sample_data) -> dict:
+    """configs/demo.yaml pointed at the session's sample data (no workdir of its own yet)."""
     import yaml
 
     raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    raw["workdir"] = str(tmp_path / "work")
     raw["data"]["sources"] = [
         {"path": str(sample_data[fmt]), "format": fmt} for fmt in ("alpaca", "sharegpt", "openai")
     ]
     raw["data"]["eval_sets"] = [str(sample_data["eval"])]
     return raw
+
+
+@pytest.fixture
+def demo_config_dict(demo_config_base, tmp_path) -> dict:
+    """configs/demo.yaml pointed at the session's sample data and a per-test workdir."""
+    return {**copy.deepcopy(demo_config_base), "workdir": str(tmp_path / "work")}
+
+
+@dataclass(frozen=True)
+class CuratedBySession:
+    workdir: Path
+    config: dict  # the demo config with this workdir
+    report: str  # what `raylora curate` printed
+
+
+@pytest.fixture(scope="session")
+def curated_by_stage(ray_local, demo_config_base, tmp_path_factory) -> CuratedBySession:
+    """What `raylora curate` wrote for the sample data, once per session: the curate and train stages tested
+    together, and the curation targets checked on it."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from pipelines.cli import EXIT_OK, main
+
+    workdir = tmp_path_factory.mktemp("curated-by-the-stage")
+    raw = {**copy.deepcopy(demo_config_base), "workdir": str(workdir)}
+    (workdir / "curate.yaml").write_text(yaml.safe_dump(raw))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["curate", str(workdir / "curate.yaml")]) == EXIT_OK
+    return CuratedBySession(workdir=workdir, config=raw, report=printed.getvalue())
 
 
 @pytest.fixture(scope="session")
@@ -119,11 +153,13 @@ def curated_manifest(sample_data, tmp_path_factory):
     for split, rows in (("train", sorted(train_rows, key=lambda r: r["id"])), ("eval", eval_rows)):
         paths[split] = out / f"{split}.parquet"
         pq.write_table(pa.Table.from_pylist(rows), paths[split])
-    digest = hashlib.sha256(json.dumps(sorted(r["id"] for r in train_rows + eval_rows)).encode()).hexdigest()
+    def digest(rows: list[dict]) -> str:
+        return hashlib.sha256(json.dumps(sorted(r["id"] for r in rows)).encode()).hexdigest()
+
     manifest = DatasetManifest(
         train_paths=[str(paths["train"])], eval_paths=[str(paths["eval"])], dropped_paths=[],
         num_read=len(train_rows) + len(eval_rows), num_train=len(train_rows), num_eval=len(eval_rows), num_dropped=0,
-        dropped_by_reason={}, per_source={}, content_hash=digest, config={},
+        dropped_by_reason={}, per_source={}, train_hash=digest(train_rows), eval_hash=digest(eval_rows), config={},
     )
     manifest.write(out / "manifest.json")
     return manifest

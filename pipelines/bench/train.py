@@ -166,9 +166,10 @@ def bench_train(cfg: RayloraConfig, config_path: str) -> BenchResult:
                                  "cluster": cfg.cluster.model_copy(update={"num_workers": 2, "cpus_per_worker": 0.5})})
     threads = max(1, int(cfg.cluster.cpus_per_worker))  # Ray gives a worker as many threads as whole CPUs
     rows = read_rows(manifest.train_paths)
-    for stale in (one, two):  # a benchmark always starts from scratch, never resumes an earlier bench run
+    for stale in (one, two):  # a benchmark always starts from scratch, never resumes or reports an earlier run
         storage = Path(stale.cluster.storage_path or stale.path("ray_results"))
-        shutil.rmtree(storage / stale.run_name, ignore_errors=True)
+        for run_dir in [stale.path("train", stale.run_name), *storage.glob(f"{stale.run_name}-*")]:
+            shutil.rmtree(run_dir, ignore_errors=True)
     peak = measure_matmul_peak(threads)
     bare, flops = bare_loop_tokens_per_s(one, rows, threads)
     raylora = raylora_tokens_per_s(one, manifest)

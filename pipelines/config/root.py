@@ -62,6 +62,9 @@ class RayloraConfig(Section):
             raise ValueError("train.precision=fp16 needs GPUs: use train.precision=fp32 or bf16 on CPU")
         if self.train.deepspeed.offload_optimizer and self.train.deepspeed.stage == 0:
             raise ValueError("train.deepspeed.offload_optimizer needs ZeRO: set train.deepspeed.stage=1, 2 or 3")
+        if self.train.export == "best" and not self.train.eval:
+            raise ValueError("train.export=best ranks checkpoints by eval_loss, which train.eval=false turns off: "
+                             "set train.export=last")
         if self.train.deepspeed.offload_params and self.train.deepspeed.stage != 3:
             raise ValueError("train.deepspeed.offload_params needs ZeRO stage 3: set train.deepspeed.stage=3")
         return self

@@ -59,5 +59,10 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(
         50, ge=1,
         description="steps between checkpoints (adapter, optimizer, data position); reruns resume there")
-    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk: the best by eval_loss")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="checkpoints kept on disk: the best by eval_loss (the latest when train.eval=false)")
+    eval: bool = Field(
+        True, description="evaluate during training; false needs no eval rows and ranks checkpoints by recency")
+    export: Literal["best", "last"] = Field(
+        "best", description="the adapter the run hands on: the best checkpoint by eval_loss, or the last one")
     seed: int = Field(0, description="seed of the adapter's initial weights and the train data shuffle")

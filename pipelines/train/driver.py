@@ -7,12 +7,16 @@
 whose workers run ``worker.train_loop_per_worker``. Metrics leave the workers only through
 ``ray.train.report`` (so Ray Tune can wrap ``train``); rank 0 also logs each step to MLflow.
 
-A rerun with the same ``run_name`` resumes: Ray Train finds the run's snapshot under the storage path and
-hands the workers its latest checkpoint (adapter weights, optimizer, schedule, step and data position).
+A run is keyed by its name and fingerprint (``pipelines.fingerprint``: the result-shaping config and the
+data hashes): ``<workdir>/train/<run_name>/<fingerprint>/`` and the MLflow run tagged with both. A rerun with
+the same fingerprint resumes (Ray Train hands the workers the latest checkpoint: adapter weights, optimizer,
+schedule, each rank's data position) or, when the run finished, reports it; a changed fingerprint is a new
+run, and one line says what changed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -22,23 +26,58 @@ from cluster.runtime_env import ensure_ray
 from pipelines import tracking
 from pipelines.artifacts import DatasetManifest, TrainResult
 from pipelines.config import RayloraConfig
-from pipelines.errors import StageError
+from pipelines.errors import ConfigError, StageError
+from pipelines.fingerprint import Fingerprint, record_last_run, train_fingerprint
 from pipelines.models import resolve_base_model
 from pipelines.train.checkpoint import ADAPTER_DIR
-from pipelines.train.preflight import check_cpus_for_the_data_feed, check_inputs
+from pipelines.train.preflight import check_cpus_for_the_data_feed, check_inputs, check_something_to_evaluate
 from pipelines.train.worker import train_loop_per_worker
 
-# Test-only fault injection: the last rank SIGKILLs its own process at this optimizer step, on a run that
-# started from scratch (a resumed run never kills itself again). Read by the driver, passed to the workers.
+# Test-only hooks, read only when TEST_HOOKS_ENV=1, which no user's run sets:
+#   FAULT_KILL_ENV=N   the last rank SIGKILLs its own process at step N of a run that started from scratch
+#   ROW_LOG_ENV=DIR    each rank appends the row ids of every step to DIR/rank<N>.jsonl
+TEST_HOOKS_ENV = "RAYLORA_TEST_HOOKS"
 FAULT_KILL_ENV = "RAYLORA_FAULT_KILL_AT_STEP"
+ROW_LOG_ENV = "RAYLORA_ROW_LOG_DIR"
+TRAIN_RESULT_FILE = "train_result.json"
 
 
-def open_mlflow_run(cfg: RayloraConfig, manifest: DatasetManifest) -> str:
-    """The run's MLflow run: an unfinished one with the same run name is continued (a resumed run)."""
+def read_test_hooks() -> dict[str, Any]:
+    if os.environ.get(TEST_HOOKS_ENV) != "1":
+        return {}
+    kill_at = os.environ.get(FAULT_KILL_ENV)
+    return {"kill_at_step": int(kill_at) if kill_at else None, "row_log_dir": os.environ.get(ROW_LOG_ENV)}
+
+
+def run_dir(cfg: RayloraConfig, fingerprint: Fingerprint) -> Path:
+    return cfg.path("train", cfg.run_name, fingerprint.digest).resolve()
+
+
+def read_eval_sets(paths: list[str]) -> dict[str, list[dict]]:
+    """``data.eval_sets`` (JSONL, one ``{"messages": [...]}`` per line) by name: the file stem, made unique."""
+    sets: dict[str, list[dict]] = {}
+    for path in paths:
+        name = Path(path).stem
+        name = name if name not in sets else f"{name}-{len(sets)}"
+        rows = []
+        for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+            record = json.loads(line) if line.strip() else None
+            if record is None:
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+                raise ConfigError(f"data.eval_sets: {path} line {number} has no 'messages' list: write the eval "
+                                  'set as JSONL of {"messages": [{"role", "content"}, ...]}')
+            rows.append({"id": str(record.get("id", f"{name}:{number}")), "messages": record["messages"]})
+        sets[name] = rows
+    return sets
+
+
+def open_mlflow_run(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fingerprint) -> str:
+    """The run's MLflow run: an unfinished one with the same run name and fingerprint is continued."""
     return tracking.open_run(
-        cfg.tracking_uri, cfg.tracking.experiment, cfg.run_name, "train",
-        tags={"dataset_hash": manifest.content_hash, "base_model": cfg.model.base,
-              "adapter_method": cfg.adapter.method},
+        cfg.tracking_uri, cfg.tracking.experiment, cfg.run_name, "train", fingerprint=fingerprint.digest,
+        tags={"train_hash": manifest.train_hash, "eval_hash": manifest.eval_hash, "base_model": cfg.model.base,
+              "base_revision": str(cfg.model.revision), "adapter_method": cfg.adapter.method},
         params={k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("tune", "register")})
 
 
@@ -50,20 +89,32 @@ def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None 
     workers' reports reach the trial."""
     base_path = resolve_base_model(cfg.model.base)
     check_inputs(cfg, manifest, base_path)
+    check_something_to_evaluate(cfg, manifest)
+    eval_sets = read_eval_sets(cfg.data.eval_sets) if cfg.train.eval else {}
+    fingerprint = train_fingerprint(cfg, manifest.data_hashes)
+    changed = record_last_run(cfg.path("train", cfg.run_name), fingerprint)
+    if changed:
+        print(f"raylora train: {cfg.run_name}: {changed}", flush=True)
+    finished = run_dir(cfg, fingerprint) / TRAIN_RESULT_FILE
+    if finished.is_file():
+        result = TrainResult.read(finished)
+        print(f"raylora train: {cfg.run_name} ({fingerprint.digest}) already finished at step "
+              f"{result.metrics.get('step', 0):.0f}; its adapter: {result.adapter_path}", flush=True)
+        return result
     ensure_ray(cfg, log_to_driver=True)
     check_cpus_for_the_data_feed(cfg)
-    mlflow_run_id = open_mlflow_run(cfg, manifest)
-    trainer = build_trainer(cfg, manifest, base_path, mlflow_run_id, callbacks)
+    mlflow_run_id = open_mlflow_run(cfg, manifest, fingerprint)
+    trainer = build_trainer(cfg, manifest, fingerprint, base_path, eval_sets, mlflow_run_id, callbacks)
     try:
         result = trainer.fit()
     except Exception as err:
         tracking.fail_run(cfg.tracking_uri, mlflow_run_id)
         raise StageError(f"training run {cfg.run_name} failed: {err}") from err
-    return export_result(cfg, manifest, result, mlflow_run_id)
+    return export_result(cfg, manifest, fingerprint, result, mlflow_run_id)
 
 
-def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, base_path: str, mlflow_run_id: str,
-                  callbacks: list | None) -> Any:
+def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fingerprint, base_path: str,
+                  eval_sets: dict[str, list[dict]], mlflow_run_id: str, callbacks: list | None) -> Any:
     """The ``TorchTrainer``: workers, the train data as a Ray Dataset, checkpoints kept by eval loss."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -78,15 +129,15 @@ def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, base_path: str,
     worker_env = {"TOKENIZERS_PARALLELISM": "false"}
     if not cfg.cluster.use_gpu:
         worker_env["DS_ACCELERATOR"] = "cpu"
-    fault_kill = os.environ.get(FAULT_KILL_ENV)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
             "base_path": base_path,
-            "eval_paths": [str(Path(p).resolve()) for p in manifest.eval_paths],
+            "eval_paths": [str(Path(p).resolve()) for p in manifest.eval_paths] if cfg.train.eval else [],
+            "eval_sets": eval_sets,
             "mlflow": {"tracking_uri": cfg.tracking_uri, "run_id": mlflow_run_id},
-            "fault_kill_at_step": int(fault_kill) if fault_kill else None,
+            "test_hooks": read_test_hooks(),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.cluster.num_workers, use_gpu=cfg.cluster.use_gpu,
@@ -99,34 +150,48 @@ def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, base_path: str,
         dataset_config=DataConfig(datasets_to_split=[]),
         datasets={"train": train_data},
         run_config=RunConfig(
-            name=cfg.run_name, storage_path=str(storage),
+            name=f"{cfg.run_name}-{fingerprint.digest}", storage_path=str(storage),
             failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
-                                               checkpoint_score_attribute="eval_loss", checkpoint_score_order="min"),
+            # kept: the best by eval loss, or the latest when nothing is evaluated
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                checkpoint_score_attribute="eval_loss" if cfg.train.eval else None, checkpoint_score_order="min"),
             worker_runtime_env={"env_vars": worker_env},
             callbacks=callbacks,
         ),
     )
 
 
-def export_result(cfg: RayloraConfig, manifest: DatasetManifest, result: Any, mlflow_run_id: str) -> TrainResult:
-    """Copy the final checkpoint's adapter into the run directory, close the MLflow run, write the TrainResult."""
+def export_result(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fingerprint, result: Any,
+                  mlflow_run_id: str) -> TrainResult:
+    """Copy the exported checkpoint's adapter (``train.export``: best by eval loss, or last) into the run
+    directory, close the MLflow run, write the TrainResult."""
     if result.checkpoint is None:
         raise StageError(f"training run {cfg.run_name} reported no checkpoint")
-    run_dir = cfg.path("train", cfg.run_name).resolve()
-    adapter_path = run_dir / ADAPTER_DIR
-    with result.checkpoint.as_directory() as ckpt_dir:
+    exported = result.checkpoint
+    if cfg.train.export == "best":
+        exported = result.get_best_checkpoint(metric="eval_loss", mode="min") or result.checkpoint
+    directory = run_dir(cfg, fingerprint)
+    adapter_path = directory / ADAPTER_DIR
+    with exported.as_directory() as ckpt_dir:
         if adapter_path.exists():
             shutil.rmtree(adapter_path)
         shutil.copytree(Path(ckpt_dir) / ADAPTER_DIR, adapter_path)
+    # the tokenizer travels with the adapter: the chat template it was trained with, and any tokens it added
+    from adapters.build import load_tokenizer
+
+    load_tokenizer(cfg.model.model_copy(update={"base": resolve_base_model(cfg.model.base)})).save_pretrained(
+        adapter_path)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-    best = result.get_best_checkpoint(metric="eval_loss", mode="min") or result.checkpoint
+    exported_metrics = next((m for c, m in result.best_checkpoints if c.path == exported.path), {})
+    metrics.update({f"exported_{k}": float(v) for k, v in exported_metrics.items()
+                    if k in ("step", "eval_loss") and isinstance(v, int | float)})
     tracking.finish_run(cfg.tracking_uri, mlflow_run_id, metrics=metrics, step=int(metrics.get("step", 0)),
                         artifacts={"adapter": adapter_path})
     train_result = TrainResult(
         run_name=cfg.run_name, adapter_path=str(adapter_path), base_model=cfg.model.base, metrics=metrics,
-        checkpoint_path=best.path, mlflow_run_id=mlflow_run_id, dataset_hash=manifest.content_hash,
-        config=cfg.model_dump(mode="json"),
+        checkpoint_path=exported.path, mlflow_run_id=mlflow_run_id, train_hash=manifest.train_hash,
+        eval_hash=manifest.eval_hash, fingerprint=fingerprint.digest, config=cfg.model_dump(mode="json"),
     )
-    train_result.write(run_dir / "train_result.json")
+    train_result.write(directory / TRAIN_RESULT_FILE)
     return train_result

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pipelines.train.data import IGNORE_INDEX, pack_examples, tokenize_chat
+from pipelines.train.data import IGNORE_INDEX, end_of_turn_id, pack_examples, render, tokenize_chat
 
 
 def dist_sum(values: list[float]) -> list[float]:
@@ -43,7 +43,8 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, rows: list[dict], *, seq_le
              world_size: int = 1, synced: bool = False) -> dict[str, float]:
     """Eval loss and perplexity over ``rows``, and greedy exact-match accuracy over the first
     ``generate_limit`` rows (the generated answer against the last assistant message). Every rank takes a
-    share; the sums are all-reduced. ``synced`` keeps ranks in step while generating (ZeRO-3)."""
+    share; the sums are all-reduced. ``synced`` keeps ranks in step while generating (ZeRO-3). A metric
+    with nothing to average (no answer token, no scored row) is left out, never reported as 0."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -53,7 +54,7 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, rows: list[dict], *, seq_le
         for chunk, weight in rank_chunks(rows, rank, world_size, batch_size):
             examples = [tokenize_chat(r["messages"], tokenizer, responses_only) for r in chunk]
             longest = min(seq_len, max(len(e.input_ids) for e in examples))
-            blocks = list(pack_examples(examples, longest, pad_id, packing=False))
+            blocks = list(pack_examples(examples, longest, pad_id, packing=False, drop_no_answer=False))
             labels = torch.tensor([b.labels for b in blocks], device=device)
             logits = model(input_ids=torch.tensor([b.input_ids for b in blocks], device=device),
                            position_ids=torch.tensor([b.position_ids for b in blocks], device=device),
@@ -68,22 +69,28 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, rows: list[dict], *, seq_le
                                         world_size, synced) if scored_rows else (0.0, 0.0))
     loss_sum, token_count, correct, scored = dist_sum([loss_sum, token_count, correct, scored])
     model.train(was_training)
-    eval_loss = loss_sum / max(token_count, 1.0)
-    return {"eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50.0)),
-            "eval_exact_match": correct / max(scored, 1.0)}
+    metrics = {}
+    if token_count > 0:  # a mean over zero tokens is no number: the key is left out, never 0.0
+        metrics["eval_loss"] = loss_sum / token_count
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+    if scored > 0:
+        metrics["eval_exact_match"] = correct / scored
+    return metrics
 
 
 def exact_match(model: torch.nn.Module, tokenizer: Any, rows: list[dict], batch_size: int, max_new_tokens: int,
                  rank: int, world_size: int, synced: bool) -> tuple[float, float]:
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
+    # an answer ends with the template's end-of-turn token, which a base given a template does not call EOS
+    stop_ids = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
     correct, scored = 0.0, 0.0
     for chunk, weight in rank_chunks(rows, rank, world_size, batch_size):
         prompts, answers = zip(*(answer_prompt(r["messages"]) for r in chunk), strict=True)
-        texts = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+        texts = [render(tokenizer, list(p), generation_prompt=True) for p in prompts]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids)
         generated = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         correct += weight * sum(g.strip() == a.strip() for g, a in zip(generated, answers, strict=True))
         scored += weight * len(chunk)

@@ -11,6 +11,7 @@ logger; progress lines come from rank 0 only. The pieces it calls (``build_engin
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import resource
@@ -27,12 +28,21 @@ from pipelines.config import RayloraConfig
 from pipelines.errors import StageError
 from pipelines.tracking import MetricLogger
 from pipelines.train.checkpoint import load_checkpoint, report_checkpoint
-from pipelines.train.data import IGNORE_INDEX, PackingStats, grouped, prefetch, read_rows, train_batches
+from pipelines.train.data import (
+    IGNORE_INDEX,
+    PackingStats,
+    grouped,
+    prefetch,
+    read_rows,
+    train_batches,
+    truncation_metrics,
+)
 from pipelines.train.engine import Engine, build_engine, quiet_libraries, train_step
 from pipelines.train.evaluate import evaluate
+from pipelines.train.packing_check import packing_isolates, stretch_schedule, without_packing
 
 log = logging.getLogger("raylora.train")
-EVAL_METRICS = ("eval_loss", "eval_perplexity", "eval_exact_match")
+HELD_OUT = ""  # the name of the curated held-out split among the eval sets
 
 
 @dataclass
@@ -111,9 +121,9 @@ class Worker:
     world_size: int
     steps_per_epoch: int | None  # None when train.max_steps sets the length instead of epochs
     total_steps: int
-    eval_rows: list[dict]
+    eval_sets: dict[str, list[dict]]  # HELD_OUT (the curated split) and each of data.eval_sets by name
     metrics_log: MetricLogger
-    kill_at_step: int | None = None  # the test-only fault injection (see driver.FAULT_KILL_ENV)
+    test_hooks: dict[str, Any] = field(default_factory=dict)  # test-only, see driver.test_hooks_from_env
     packing: PackingStats = field(default_factory=PackingStats)
 
     @property
@@ -128,7 +138,7 @@ class Worker:
         if checkpoint is None:
             return TrainState()
         with checkpoint.as_directory() as ckpt_dir:
-            saved = load_checkpoint(self.built.engine, Path(ckpt_dir))
+            saved = load_checkpoint(self.built.engine, Path(ckpt_dir), self.rank)
         return TrainState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainState) if f.name in saved})
 
     def epoch_steps(self, state: TrainState) -> Iterator[list[dict[str, torch.Tensor]]]:
@@ -145,16 +155,32 @@ class Worker:
                 yield group
 
     def evaluate(self) -> dict[str, float]:
-        t = self.cfg.train
-        return evaluate(self.built.model, self.built.tokenizer, self.eval_rows, seq_len=self.cfg.model.max_seq_len,
-                        batch_size=t.micro_batch_size, max_new_tokens=t.eval_max_new_tokens,
-                        generate_limit=t.eval_generate_limit, responses_only=t.train_on_responses_only,
-                        rank=self.rank, world_size=self.world_size, synced=t.deepspeed.stage == 3)
+        """Loss, perplexity and exact match on every eval set: ``eval/<set>/<metric>`` per named set, and
+        ``eval_<metric>`` (what checkpoints rank on) from the held-out split, or the first named set without one."""
+        t, metrics = self.cfg.train, {}
+        for name, rows in self.eval_sets.items():
+            result = evaluate(self.built.model, self.built.tokenizer, rows, seq_len=self.cfg.model.max_seq_len,
+                              batch_size=t.micro_batch_size, max_new_tokens=t.eval_max_new_tokens,
+                              generate_limit=t.eval_generate_limit, responses_only=t.train_on_responses_only,
+                              rank=self.rank, world_size=self.world_size, synced=t.deepspeed.stage == 3)
+            if "eval_loss" not in result:  # a metric over zero tokens is no number
+                raise StageError(f"eval set {name or '(held-out split)'} has no answer token within "
+                                 f"model.max_seq_len={self.cfg.model.max_seq_len}: raise model.max_seq_len")
+            if name != HELD_OUT:
+                metrics.update({f"eval/{name}/{k.removeprefix('eval_')}": v for k, v in result.items()})
+            if "eval_loss" not in metrics:
+                metrics.update(result)
+        return metrics
 
-    def maybe_die(self, state: TrainState, start_step: int) -> None:
-        """Test-only: the last rank SIGKILLs its own process (a real worker death, not an exception) on a
-        run that started from scratch; a resumed run never kills itself again."""
-        if (self.kill_at_step is not None and state.step == self.kill_at_step and start_step == 0
+    def after_step(self, state: TrainState, group: list[dict], start_step: int) -> None:
+        """Test-only hooks: record the rows this rank trained on; the last rank SIGKILLs its own process (a
+        real worker death, not an exception) on a run that started from scratch."""
+        if self.test_hooks.get("row_log_dir"):
+            path = Path(self.test_hooks["row_log_dir"]) / f"rank{self.rank}.jsonl"
+            with path.open("a") as out:
+                rows = [row for batch in group for block in batch["row_ids"] for row in block]
+                out.write(json.dumps({"step": state.step, "rows": rows}) + "\n")
+        if (self.test_hooks.get("kill_at_step") == state.step and start_step == 0
                 and self.rank == self.world_size - 1):
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -168,8 +194,8 @@ class Worker:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train worker. ``loop_config`` is plain data: {"cfg", "base_path", "eval_paths", "mlflow",
-    "fault_kill_at_step"}."""
+    """One Ray Train worker. ``loop_config`` is plain data: {"cfg", "base_path", "eval_paths", "eval_sets",
+    "mlflow", "test_hooks"}."""
     import ray.train
 
     cfg = RayloraConfig.model_validate(loop_config["cfg"])
@@ -186,11 +212,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         per_epoch = steps_per_epoch(shard.iter_rows(), counting_tokenizer, cfg, rank, world_size)
         total_steps = per_epoch * cfg.train.num_epochs
 
-    worker = Worker(cfg=cfg, built=build_engine(cfg, total_steps, loop_config["base_path"]), shard=shard,
+    built = build_engine(cfg, total_steps, loop_config["base_path"])
+    if cfg.train.packing and not packing_isolates(built.model, built.tokenizer):
+        cfg = without_packing(cfg, announce=rank == 0)
+        if per_epoch is not None:  # an unpacked epoch holds more steps: recount, spread the schedule over them
+            per_epoch = steps_per_epoch(shard.iter_rows(), built.tokenizer, cfg, rank, world_size)
+            total_steps = per_epoch * cfg.train.num_epochs
+            stretch_schedule(built.engine, cfg, total_steps)
+    worker = Worker(cfg=cfg, built=built, shard=shard,
                     rank=rank, world_size=world_size, steps_per_epoch=per_epoch, total_steps=total_steps,
-                    eval_rows=read_rows(loop_config["eval_paths"]),
+                    eval_sets={HELD_OUT: read_rows(loop_config["eval_paths"]), **loop_config["eval_sets"]},
                     metrics_log=MetricLogger(**loop_config["mlflow"], rank=rank),
-                    kill_at_step=loop_config.get("fault_kill_at_step"))
+                    test_hooks=loop_config["test_hooks"])
+    worker.eval_sets = {name: rows for name, rows in worker.eval_sets.items() if rows}
     state = worker.resume()
     if state.step >= total_steps:  # a rerun of a finished run: nothing to train, report where it ended
         ray.train.report(state.metrics or {"step": state.step})
@@ -219,12 +253,13 @@ def train_until_done(worker: Worker, state: TrainState) -> None:
             lr = worker.built.engine.get_lr()[0]
             loss_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in group)
             worker.metrics_log.log_dict({"train_loss": loss, "lr": lr, "loss_tokens": loss_tokens}, state.step)
-            worker.maybe_die(state, start_step)
+            worker.after_step(state, group, start_step)
 
             last = state.step >= worker.total_steps
             if state.step % t.log_every == 0 or last:
                 state.metrics = {"step": state.step, "epoch": state.epoch, **window.close(), "lr": lr,
                                  "packing_efficiency": worker.packing.efficiency,
+                                 **truncation_metrics(worker.packing),
                                  "peak_memory_mib": peak_memory_mib(worker.cfg.cluster.use_gpu),
                                  "resumed_from_step": start_step}
                 worker.metrics_log.log("tokens_per_s", state.metrics["tokens_per_s"], state.step)
@@ -232,16 +267,18 @@ def train_until_done(worker: Worker, state: TrainState) -> None:
                     progress(f"step {state.step}/{worker.total_steps} loss {state.metrics['train_loss']:.4f} "
                              f"lr {lr:.2e} {state.metrics['tokens_per_s']:.0f} tok/s")
             checkpoint_now = state.step % t.checkpoint_every == 0 or last
-            evaluate_now = state.step % t.eval_every == 0 or checkpoint_now
+            evaluate_now = t.eval and (state.step % t.eval_every == 0 or checkpoint_now)
             if evaluate_now:
-                state.metrics = {**state.metrics, "step": state.step, **worker.evaluate()}
-                worker.metrics_log.log_dict({k: state.metrics[k] for k in EVAL_METRICS}, state.step)
+                evaluated = worker.evaluate()
+                state.metrics = {**state.metrics, "step": state.step, **evaluated}
+                worker.metrics_log.log_dict(evaluated, state.step)
                 worker.metrics_log.flush()
                 if worker.is_main:
-                    progress(f"step {state.step} eval_loss {state.metrics['eval_loss']:.4f} "
-                             f"exact_match {state.metrics['eval_exact_match']:.3f}")
+                    progress(f"step {state.step} eval_loss {evaluated['eval_loss']:.4f}"
+                             + (f" exact_match {evaluated['eval_exact_match']:.3f}"
+                                if "eval_exact_match" in evaluated else ""))
             if checkpoint_now:
-                report_checkpoint(worker.built.engine, state.metrics, state.to_dict(), worker.is_main)
+                report_checkpoint(worker.built.engine, state.metrics, state.to_dict(), worker.rank)
             elif evaluate_now:
                 import ray.train
 

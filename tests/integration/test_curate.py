@@ -12,7 +12,7 @@ import yaml
 
 from pipelines.artifacts import DatasetManifest
 from pipelines.bench.curate import quality_table
-from pipelines.cli import EXIT_FAILURE, EXIT_OK, main
+from pipelines.cli import EXIT_FAILURE, main
 from pipelines.config import validate_config
 from pipelines.curate import OUTPUT_SCHEMA, curate
 from pipelines.errors import StageError
@@ -25,10 +25,9 @@ def _write_config(raw, tmp_path):
 
 
 @pytest.mark.slow
-def test_sample_data_is_curated_to_the_targets(ray_local, demo_config_dict, sample_data, tmp_path, capsys):
-    assert main(["curate", _write_config(demo_config_dict, tmp_path)]) == EXIT_OK
-    report = capsys.readouterr().out
-    cfg = validate_config(demo_config_dict)
+def test_sample_data_is_curated_to_the_targets(curated_by_stage, sample_data):
+    report = curated_by_stage.report
+    cfg = validate_config(curated_by_stage.config)
     manifest = DatasetManifest.read(cfg.path("curated", "manifest.json"))
     assert "malformed" in report and "example" in report
 
@@ -63,7 +62,8 @@ def test_sample_data_is_curated_to_the_targets(ray_local, demo_config_dict, samp
     assert pq.read_table(manifest.eval_paths).num_rows == manifest.num_eval
     kept_ids = train.column("id").to_pylist() + pq.read_table(manifest.eval_paths).column("id").to_pylist()
     assert len(set(kept_ids)) == len(kept_ids) == manifest.num_kept
-    assert len(manifest.content_hash) == 64 and manifest.config["curate"]["near_dedup_threshold"] == 0.7
+    assert manifest.config["curate"]["near_dedup_threshold"] == 0.7
+    assert len(manifest.train_hash) == len(manifest.eval_hash) == 64 and manifest.train_hash != manifest.eval_hash
 
 
 @pytest.mark.slow

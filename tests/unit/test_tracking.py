@@ -14,22 +14,25 @@ def store(tmp_path) -> str:
 def test_an_unfinished_run_is_continued_and_a_finished_one_is_not(tmp_path):
     uri = store(tmp_path)
     params = {"train": {"lr": 0.001, "optimizer": "adamw"}, "run_name": "a"}
-    first = tracking.open_run(uri, "exp", "a", "train", tags={"dataset_hash": "abc"}, params=params)
-    assert tracking.open_run(uri, "exp", "a", "train", tags={}, params=params) == first
+    first = tracking.open_run(uri, "exp", "a", "train", fingerprint="f1", tags={"train_hash": "abc"},
+                              params=params)
+    assert tracking.open_run(uri, "exp", "a", "train", fingerprint="f1", tags={}, params=params) == first
+    assert tracking.open_run(uri, "exp", "a", "train", fingerprint="f2", tags={}, params=params) != first
     run = MlflowClient(uri).get_run(first)
     assert run.data.params == {"train.lr": "0.001", "train.optimizer": "adamw", "run_name": "a"}
-    assert run.data.tags[tracking.RUN_NAME_TAG] == "a" and run.data.tags["dataset_hash"] == "abc"
+    assert run.data.tags[tracking.RUN_NAME_TAG] == "a" and run.data.tags["train_hash"] == "abc"
+    assert run.data.tags[tracking.FINGERPRINT_TAG] == "f1" and run.info.run_name == "a-f1"
 
     tracking.finish_run(uri, first, metrics={"eval_loss": 1.5}, step=7)
     finished = MlflowClient(uri).get_run(first)
     assert finished.info.status == "FINISHED"
     assert finished.data.metrics == {"final_eval_loss": 1.5}
-    assert tracking.open_run(uri, "exp", "a", "train", tags={}, params=params) != first
+    assert tracking.open_run(uri, "exp", "a", "train", fingerprint="f1", tags={}, params=params) != first
 
 
 def test_metric_logger_writes_batches_on_rank_zero_only(tmp_path):
     uri = store(tmp_path)
-    run_id = tracking.open_run(uri, "exp", "m", "train", tags={}, params={})
+    run_id = tracking.open_run(uri, "exp", "m", "train", fingerprint="f", tags={}, params={})
     main, other = tracking.MetricLogger(uri, run_id, rank=0, every=3), tracking.MetricLogger(uri, run_id, rank=1)
     for step in range(1, 5):
         main.log_dict({"train_loss": 1.0 / step}, step)
