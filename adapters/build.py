@@ -6,6 +6,9 @@
 Methods: ``lora``; ``qlora`` (LoRA on a bitsandbytes 4-bit base); ``dora`` (weight-decomposed LoRA, with
 ``quantize_base=true`` on a 4-bit base: QDoRA). Inits: ``gaussian``; ``pissa`` (principal singular vectors of
 the full-precision weight); ``loftq`` (LoRA fitted to the 4-bit quantisation error, QLoRA only).
+The tokenizer carries the chat template that renders every conversation (``model.chat_template`` or the
+model's own); the rows of a configured template's special tokens are trained beside the adapter (PEFT's
+``trainable_token_indices``), after the embeddings grow for any token the template added.
 A PiSSA adapter is saved as PEFT saves it (``init_lora_weights: pissa``): loading it redoes the same SVD on
 the same base, so it reloads exactly; it does not apply to a different base.
 """
@@ -20,6 +23,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
+from adapters.templates import BUILTIN_TEMPLATES, resolve_chat_template, use_chat_template
 from pipelines.config import TINY_MODEL, AdapterConfig, ModelConfig
 from pipelines.errors import ConfigError
 
@@ -42,7 +46,8 @@ def target_modules(adapter_cfg: AdapterConfig) -> list[str] | str:
     return adapter_cfg.target_modules  # "all-linear" is PEFT's own preset (every linear but the LM head)
 
 
-def peft_config(adapter_cfg: AdapterConfig) -> LoraConfig:
+def peft_config(adapter_cfg: AdapterConfig, trainable_tokens: dict[str, list[int]] | None = None) -> LoraConfig:
+    """PEFT's LoRA config; ``trainable_tokens`` maps embedding layers to rows trained beside the adapter."""
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=adapter_cfg.r,
@@ -53,6 +58,7 @@ def peft_config(adapter_cfg: AdapterConfig) -> LoraConfig:
         use_dora=adapter_cfg.method == "dora",
         init_lora_weights=PEFT_INIT[adapter_cfg.init],
         modules_to_save=adapter_cfg.modules_to_save or None,
+        trainable_token_indices=trainable_tokens or None,
     )
 
 
@@ -94,18 +100,16 @@ def keep_4bit_layout(model: torch.nn.Module) -> None:
     quant state) at its first no-grad forward in eval mode. Everything that dequantises the weight
     afterwards (PEFT's DoRA weight norm, merging, LoftQ) then reads garbage, and the eval logits differ
     from the training ones. Turning the repacking off keeps one layout everywhere, as on GPU; a weight
-    already repacked is unpacked with bitsandbytes' own inverse (the one its ``Params4bit.cuda`` uses).
+    already repacked is unpacked by bitsandbytes itself: ``Linear4bit`` unpacks it in place whenever it saves
+    its state (the same inverse its ``Params4bit.cuda`` uses), so asking for the state dict is enough.
     """
     import bitsandbytes as bnb
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
-            weight = module.weight
-            if getattr(weight.quant_state, "packing_format_for_cpu", False):
-                unpacked = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
-                weight.data, weight.quant_state = unpacked
+            if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+                module.state_dict()
 
 
 def check_targets(model: torch.nn.Module, adapter_cfg: AdapterConfig) -> None:
@@ -125,12 +129,49 @@ def check_targets(model: torch.nn.Module, adapter_cfg: AdapterConfig) -> None:
 
 
 def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The base model's tokenizer, padding with EOS when it defines no pad token (Llama's does not)."""
+    """The base model's tokenizer with the chat template that renders every conversation (training, eval,
+    the saved adapter): ``model.chat_template`` when set, its missing special tokens added, else the model's
+    own. Pads with EOS when the model defines no pad token (Llama's does not)."""
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.base, revision=model_cfg.revision,
                                               trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.chat_template is not None:
+        use_chat_template(tokenizer, model_cfg.chat_template)
+    elif not tokenizer.chat_template:
+        raise ConfigError(f"model.base={model_cfg.base} has no chat template (a base model): set "
+                          f"model.chat_template to one of {', '.join(BUILTIN_TEMPLATES)}, a Jinja string or a file")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def template_token_ids(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The token rows trained beside the adapter: the special tokens of ``model.chat_template``, which a base
+    model never learned (new rows, or rows pretraining left untouched, as in Llama 3's base)."""
+    if model_cfg.chat_template is None:
+        return []
+    tokens = resolve_chat_template(model_cfg.chat_template).special_tokens
+    return sorted(tokenizer.convert_tokens_to_ids(list(tokens)))
+
+
+def fit_embeddings(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow the embeddings (and an untied LM head) when the tokenizer has tokens past them; frozen like the rest."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+        model.requires_grad_(False)  # the resized layers are new modules, trainable by default
+
+
+def trainable_token_layers(model: torch.nn.Module, token_ids: list[int],
+                           adapter_cfg: AdapterConfig) -> dict[str, list[int]]:
+    """Where PEFT trains ``token_ids``: the input embeddings, and the LM head too unless it is tied to them
+    (the model must learn to write a new token, not only to read it). Layers trained in full via
+    adapter.modules_to_save already cover them."""
+    if not token_ids:
+        return {}
+    layers = [model.get_input_embeddings()]
+    if not model.config.get_text_config().tie_word_embeddings:
+        layers.append(model.get_output_embeddings())
+    names = [name for name, module in model.named_modules() if any(module is layer for layer in layers)]
+    return {name: token_ids for name in names if name.rsplit(".", 1)[-1] not in adapter_cfg.modules_to_save}
 
 
 def local_model_dir(model_cfg: ModelConfig) -> Path:
@@ -199,11 +240,13 @@ def build_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> BuiltMode
     """
     tokenizer = load_tokenizer(model_cfg)
     base = load_base(model_cfg, adapter_cfg)
+    fit_embeddings(base, tokenizer)
     check_targets(base, adapter_cfg)
     if model_cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need inputs that need grad
-    model = get_peft_model(base, peft_config(adapter_cfg))
+    token_layers = trainable_token_layers(base, template_token_ids(model_cfg, tokenizer), adapter_cfg)
+    model = get_peft_model(base, peft_config(adapter_cfg, token_layers))
     if adapter_cfg.init == "loftq":
         loftq_init(model, local_model_dir(model_cfg))
     # as PEFT counts them: 4-bit weights at logical size, ZeRO-3 shards at full size

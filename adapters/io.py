@@ -5,7 +5,9 @@
     model = load_adapter(base, "out/adapter")                             # = peft.PeftModel.from_pretrained
 
 The files are PEFT's own (``adapter_config.json`` + ``adapter_model.safetensors``), so plain
-``peft.PeftModel.from_pretrained(base, dir)`` loads them. Under DeepSpeed ZeRO-3 every rank holds
+``peft.PeftModel.from_pretrained(base, dir)`` loads them, plus the tokenizer the adapter was trained with
+(its chat template); when that template added tokens, the base's embeddings must first grow to the
+tokenizer (``load_adapter`` does it). Under DeepSpeed ZeRO-3 every rank holds
 only a shard of each parameter (a zero-sized tensor locally), so the adapter weights are gathered
 before saving; an adapter whose tensors are empty or zero-sized is refused with an error instead
 of being written silently (a known failure of other tools).
@@ -20,11 +22,14 @@ from pathlib import Path
 import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+TOKENIZER_CONFIG = "tokenizer_config.json"  # present when the adapter was saved with its tokenizer
 # Parameter-name parts of everything PEFT saves for a LoRA / DoRA adapter.
-ADAPTER_PARAM_TAGS = ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save", "lora_embedding")
+ADAPTER_PARAM_TAGS = ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save", "lora_embedding",
+                      "trainable_tokens")
 
 
 class EmptyAdapterError(RuntimeError):
@@ -51,7 +56,10 @@ def adapter_state_dict(model: PeftModel, gather: bool = True) -> dict[str, torch
 
         gathered = deepspeed.zero.GatheredParameters(sharded, modifier_rank=None)
     with gathered:
-        state = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        # never the base's whole embedding matrices (PEFT adds them when the vocabulary grew): the rows a chat
+        # template added are trained as trainable tokens, whose saved values restore them
+        state = {k: v.detach().clone().cpu()
+                 for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
     check_not_empty(state)
     return state
 
@@ -76,11 +84,13 @@ def unwrap(model: torch.nn.Module) -> PeftModel:
     return model
 
 
-def save_adapter(model: PeftModel, out_dir: str | Path, is_main_process: bool = True) -> Path:
+def save_adapter(model: PeftModel, out_dir: str | Path, is_main_process: bool = True,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
     """Write adapter_config.json + adapter_model.safetensors; under ZeRO-3 every rank must call it.
 
     ``model`` may also be the DeepSpeed engine or DDP wrapper around it. Only the main process writes;
-    the others take part in the gather and return the same path.
+    the others take part in the gather and return the same path. ``tokenizer`` (with the chat template and
+    any tokens it added) is saved beside it, so the adapter loads and generates anywhere as it was trained.
     """
     model, out = unwrap(model), Path(out_dir)
     state = adapter_state_dict(model)
@@ -90,6 +100,8 @@ def save_adapter(model: PeftModel, out_dir: str | Path, is_main_process: bool = 
         config = copy.deepcopy(model.peft_config[model.active_adapter])
         config.inference_mode = True
         config.save_pretrained(str(out))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
     return out
 
 
@@ -106,9 +118,14 @@ def load_adapter(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool
     """The base with the saved adapter on top, exactly as ``peft.PeftModel.from_pretrained`` loads it.
 
     A 4-bit base loaded elsewhere is switched to bitsandbytes' standard layout first (see
-    ``adapters.build.keep_4bit_layout``), so its logits match the ones the adapter was trained with.
+    ``adapters.build.keep_4bit_layout``), so its logits match the ones the adapter was trained with. When the
+    adapter carries its tokenizer and that has tokens past the base's embeddings (a chat template added
+    them), the embeddings grow first; the adapter's trained rows then fill them.
     """
-    from adapters.build import keep_4bit_layout
+    from adapters.build import fit_embeddings, keep_4bit_layout
 
+    path = check_adapter_dir(adapter_dir)
     keep_4bit_layout(base)
-    return PeftModel.from_pretrained(base, str(check_adapter_dir(adapter_dir)), is_trainable=trainable)
+    if (path / TOKENIZER_CONFIG).is_file():
+        fit_embeddings(base, AutoTokenizer.from_pretrained(str(path)))
+    return PeftModel.from_pretrained(base, str(path), is_trainable=trainable)

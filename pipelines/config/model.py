@@ -24,6 +24,13 @@ class ModelConfig(Section):
         False, description="run the Python code in the model's repository (custom architectures need it)")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less activation memory, more compute")
+    chat_template: str | None = Field(
+        None, description="chat template for a base model without one, or to override the model's own: a "
+        "built-in (chatml, llama3, mistral, alpaca), a Jinja string, or a file; special tokens it uses that the "
+        "tokenizer lacks are added, and the embedding rows of its special tokens are trained with the adapter")
+    config_file: str | None = Field(
+        None, description="the model's Hugging Face config.json on disk (e.g. configs/models/*.json): "
+        "`raylora plan` reads it when model.base cannot be reached; no weights needed")
 
 
 class QuantConfig(Section):

@@ -65,6 +65,7 @@ def deepspeed_config(cfg: RayloraConfig) -> dict[str, Any]:
         "bf16": {"enabled": cfg.train.precision == "bf16"},
         "fp16": {"enabled": cfg.train.precision == "fp16"},
         "zero_allow_untested_optimizer": True,  # the optimizer is a plain torch one (AdamW / SGD), built here
+        "zero_force_ds_cpu_optimizer": False,  # and stays one under ZeRO-Offload (DeepSpeed refuses it by default)
         "steps_per_print": base.get("steps_per_print", 10**9),
         "wall_clock_breakdown": False,
     })
