@@ -23,7 +23,7 @@ FINGERPRINT_CHARS = 12
 # sections and keys that never change what a run trains (prefixes of the flattened keys)
 RESULT_NEUTRAL = ("run_name", "workdir", "data.", "curate.", "tune.", "register.", "tracking.", "cluster.",
                   "train.log_every", "train.eval_every", "train.eval_max_new_tokens", "train.eval_generate_limit",
-                  "train.keep_checkpoints")
+                  "train.keep_checkpoints", "model.config_file")
 RESULT_SHAPING_CLUSTER_KEYS = ("cluster.num_workers", "cluster.use_gpu")
 LAST_RUN_FILE = "last_run.json"
 
