@@ -5,14 +5,15 @@ from __future__ import annotations
 from pipelines.config import RayloraConfig
 
 
-def ensure_ray(cfg: RayloraConfig, log_to_driver: bool) -> None:
+def ensure_ray(cfg: RayloraConfig) -> None:
     """Start Ray locally, or join ``cluster.address`` with ``cluster.runtime_env``, unless the caller already did.
 
-    ``log_to_driver`` is False for stages whose workers only produce noise (curation) and True where rank 0
-    prints progress lines (training).
+    Workers' output never goes to the terminal (``log_to_driver=False``): Ray Data tasks and Ray's own
+    actors only produce noise there, and it stays in Ray's log files. What a user should see from a worker
+    (rank 0's progress) reaches the terminal through ``pipelines.console.say``.
     """
     import ray
 
     if not ray.is_initialized():
         ray.init(address=cfg.cluster.address, runtime_env=cfg.cluster.runtime_env or None,
-                 include_dashboard=False, log_to_driver=log_to_driver, configure_logging=False)
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)

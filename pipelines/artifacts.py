@@ -64,6 +64,9 @@ class DatasetManifest(Artifact):
     train_hash: str  # sha256 over the train rows (order-free sum of row digests): the data lineage tag
     eval_hash: str  # the same over the held-out eval rows
     config: dict[str, Any]  # the data and curate sections used
+    # user ids that more than one row read carries: {"ids": how many, "rows": on how many rows, "examples":
+    # {id: rows}}; the rows are kept apart by their internal key, so this is a note, not a drop
+    repeated_user_ids: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_kept(self) -> int:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from pipelines.artifacts import curated_manifest_path, read_curated_manifest
 from pipelines.config import RayloraConfig, dump_config, load_config
+from pipelines.console import setup_console
 from pipelines.errors import ConfigError, StageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -57,9 +58,11 @@ def cmd_tune(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 def cmd_train(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     """Train on the curated manifest ``<workdir>/<curate.output_dir>/manifest.json``; rerun to resume."""
+    from pipelines.console import flush_worker_lines
     from pipelines.train import train
 
     result = train(cfg, read_curated_manifest(cfg, args.config))
+    flush_worker_lines()  # the last progress lines before the summary
     width = max(len(k) for k in result.metrics)
     for key, value in sorted(result.metrics.items()):
         print(f"  {key:<{width}}  {value:.6g}")
@@ -98,14 +101,37 @@ def cmd_submit(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 def cmd_plan(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     """Print the memory plan as JSON; exit 1 when the configured ZeRO setting does not fit.
 
-        raylora plan configs/demo.yaml --model-config configs/models/llama-2-7b.json --gpu-memory-gib 24
+        raylora plan configs/llama3-8b-qlora.yaml --gpu-memory-gib 24
+        raylora plan configs/demo.yaml --model-config configs/models/llama-2-7b.json
+
+    The model's config.json comes from --model-config, else model.base (a directory, or the hub and its
+    cache), else model.config_file when the hub cannot give it (offline, or a gated model without a token).
     """
     import json
+    from pathlib import Path
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     from adapters.memory import load_hf_config, plan
     from pipelines.models import resolve_base_model
 
-    source = args.model_config or resolve_base_model(cfg.model.base)
+    source = args.model_config
+    if source is None:
+        source = resolve_base_model(cfg.model.base)
+        if not Path(source).is_dir():
+            try:
+                source = hf_hub_download(source, "config.json", revision=cfg.model.revision)
+            except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError) as err:
+                if cfg.model.config_file is None:
+                    raise ConfigError(
+                        f"model.base={cfg.model.base} is not a local model directory, and the Hugging Face hub "
+                        f"could not give its config.json ({type(err).__name__}): set model.config_file to it "
+                        "(configs/models/ holds some) or pass --model-config") from err
+                if not Path(cfg.model.config_file).is_file():
+                    raise ConfigError(f"model.config_file={cfg.model.config_file} does not exist (paths are "
+                                      "relative to the working directory): point it at the model's config.json") from err
+                source = cfg.model.config_file
     num_gpus = args.num_gpus if args.num_gpus is not None else cfg.cluster.num_workers
     result = plan(cfg.model, cfg.adapter, cfg.train, load_hf_config(source), num_gpus=num_gpus,
                   gpu_memory_gib=args.gpu_memory_gib)
@@ -190,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = COMMANDS[args.command][0]
     try:
         cfg = load_config(args.config, args.overrides)
+        setup_console(cfg.path("logs", "libraries.log"))
         return handler(cfg, args)
     except ConfigError as err:
         print(f"raylora {args.command}: {err}", file=sys.stderr)

@@ -29,10 +29,12 @@ import pyarrow.parquet as pq
 from cluster.runtime_env import ensure_ray
 from pipelines.config import RayloraConfig
 from pipelines.curate.dedup import exact_key, jaccard, lsh_bands, shingles
-from pipelines.curate.filters import first_failure, length_tokenizer, token_limit
-from pipelines.curate.formats import MalformedRecord, canonical_row, malformed_row, parse_line, source_name
+from pipelines.curate.filters import first_failure, length_model, token_limit
+from pipelines.curate.formats import MalformedRecord, canonical_row, malformed_row, parse_line
+from pipelines.curate.readers import source_name
 from pipelines.curate.reasons import EXACT_DUPLICATE, KEPT, NEAR_DUPLICATE
-from pipelines.curate.stage import DROPPED_SCHEMA, OUTPUT_SCHEMA, curate, filter_chain, load_eval_index
+from pipelines.curate.split import OUTPUT_SCHEMA
+from pipelines.curate.stage import DROPPED_SCHEMA, curate, filter_chain, load_eval_index
 from pipelines.demo import sample_data
 
 FORMATS = sample_data.FORMATS
@@ -42,11 +44,12 @@ DEFECT_KINDS = sample_data.DEFECT_KINDS
 # --- 1. quality on the labelled sample data --------------------------------------------------------
 
 def quality_table(manifest_dropped: list[str], labels_path: str | Path) -> tuple[list[dict], dict[str, Any]]:
-    """Per planted kind: rows, dropped, recall; plus clean rows kept and duplicate groups with one survivor."""
+    """Per planted kind: rows, dropped, recall; plus clean rows kept and duplicate groups with one survivor.
+    A label names a row by its own id, or by ``<file stem>:<line>`` (its key) when the line has none."""
     dropped = {}
     for path in manifest_dropped:
-        for row in pq.read_table(path, columns=["id", "reason"]).to_pylist():
-            dropped[row["id"]] = row["reason"]
+        for row in pq.read_table(path, columns=["id", "user_id", "reason"]).to_pylist():
+            dropped[row["user_id"] or row["id"]] = row["reason"]
     labels = sample_data.read_labels(labels_path)
     by_kind: dict[str, list[dict]] = defaultdict(list)
     for label in labels:
@@ -153,7 +156,7 @@ def plain_loop_curate(cfg: RayloraConfig) -> dict[str, int]:
     from datasketch import MinHash
 
     settings = cfg.curate
-    chain = filter_chain(settings, length_tokenizer(cfg), token_limit(cfg), load_eval_index(cfg))
+    chain = filter_chain(settings, length_model(cfg), token_limit(cfg), load_eval_index(cfg))
     kept: dict[str, dict] = {}
     dropped: list[dict] = []
     for index, source in enumerate(cfg.data.sources):
@@ -176,21 +179,24 @@ def plain_loop_curate(cfg: RayloraConfig) -> dict[str, int]:
                 else:
                     row["parsed"] = messages
                     kept[row["id"]] = row
-    # exact dedup: smallest id per normalised text
+    # exact dedup: the first row by (user id, key) per normalised text, as the Ray pipeline keeps
+    def first_kept(row_id: str) -> tuple[str, str]:
+        return kept[row_id]["user_id"] or "", row_id
+
     smallest: dict[int, str] = {}
-    for row_id in sorted(kept):
+    for row_id in sorted(kept, key=first_kept):
         key = exact_key(kept[row_id]["parsed"])
         if key in smallest:
             dropped.append({**kept.pop(row_id), "reason": EXACT_DUPLICATE})
         else:
             smallest[key] = row_id
-    # near dedup: datasketch MinHash, banded as in the Ray pipeline; in id order, the first id seen in a
-    # bucket is its smallest, and a row is a duplicate when it verifies against one of its buckets' firsts
+    # near dedup: datasketch MinHash, banded as in the Ray pipeline; in keeping order, the first row seen in
+    # a bucket is its keeper, and a row is a duplicate when it verifies against one of its buckets' keepers
     bands, rows_per_band = lsh_bands(settings.near_dedup_threshold, settings.minhash_num_perm)
     template = MinHash(num_perm=settings.minhash_num_perm)  # permutations made once, as a careful script would
     first_in_bucket: dict[bytes, str] = {}
     row_shingles: dict[str, list[str]] = {}
-    for row_id in sorted(kept):
+    for row_id in sorted(kept, key=first_kept):
         row_shingles[row_id] = shingles(kept[row_id]["parsed"], settings.shingle_words)
         minhash = MinHash(num_perm=settings.minhash_num_perm, permutations=template.permutations,
                           scheme=template.scheme)
@@ -205,7 +211,8 @@ def plain_loop_curate(cfg: RayloraConfig) -> dict[str, int]:
             dropped.append({**kept.pop(row_id), "reason": NEAR_DUPLICATE})
     out = cfg.path("plain_loop")
     out.mkdir(parents=True, exist_ok=True)
-    kept_rows = [{"id": r["id"], "source": r["source"], "messages": r["parsed"]} for r in kept.values()]
+    kept_rows = [{"id": r["id"], "user_id": r["user_id"], "source": r["source"], "messages": r["parsed"]}
+                 for r in kept.values()]
     pq.write_table(pa.Table.from_pylist(kept_rows, schema=OUTPUT_SCHEMA), out / "kept.parquet")
     pq.write_table(pa.Table.from_pylist([{k: r[k] for k in DROPPED_SCHEMA.names} for r in dropped],
                                         schema=DROPPED_SCHEMA), out / "dropped.parquet")
@@ -250,7 +257,7 @@ def peak_rss() -> Iterator[dict[str, int]]:
 
 def run_bench(cfg: RayloraConfig, sizes: tuple[int, ...] = (50_000, 200_000)) -> dict[str, Any]:
     """Every curation benchmark, printed as it goes; returns the numbers."""
-    ensure_ray(cfg, log_to_driver=False)
+    ensure_ray(cfg)
     root = cfg.path("bench", "curate")
     results: dict[str, Any] = {}
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipelines.config.base import Section
 
@@ -32,13 +33,15 @@ class DataConfig(Section):
     eval_size: int | None = Field(
         None, ge=1, description="rows held out as the eval split; wins over eval_fraction, null uses it")
     tokenizer: str | None = Field(
-        None, description="tokenizer path or id that counts tokens for curation; null uses model.base")
+        None, description="tokenizer path or id whose chat template (or model.chat_template) renders the rows "
+        "curation counts tokens of; null uses model.base")
 
 
 class CurateConfig(Section):
     output_dir: str = Field(
         "curated",
-        description="directory under workdir for train/, eval/, dropped/ Parquet and manifest.json")
+        description="subdirectory of workdir for train/, eval/, dropped/ Parquet and manifest.json; "
+        "curation replaces it whole, and only when it succeeds")
     min_answer_chars: int = Field(
         1, ge=0,
         description="answers with fewer non-blank characters are dropped (empty_answer); 0 acts as 1")
@@ -85,3 +88,14 @@ class CurateConfig(Section):
         None, ge=1, description="keep this many rows, the farthest apart by embedding; null keeps all")
     embedding_model: str | None = Field(
         None, description="sentence-transformers path; defaults to the bundled MiniLM")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _a_subdirectory_of_the_workdir(cls, value: str) -> str:
+        # curation replaces this directory whole: it must never name the workdir, one of its parents, or a
+        # place outside it (mlflow.db, checkpoints and the data live there)
+        path = PurePath(value.strip())
+        if not path.parts or path.is_absolute() or path.anchor or ".." in path.parts:
+            raise ValueError(f"must be a subdirectory inside workdir, relative and without '..' (got {value!r}), "
+                             "because curation replaces it whole: set e.g. curate.output_dir=curated")
+        return path.as_posix()

@@ -5,13 +5,16 @@
 Dedup runs across the whole dataset without gathering it into one process:
   1. every kept row emits its bucket keys: one exact key (hash of the normalised conversation) and,
      for near dedup, one key per LSH band of its MinHash signature over word shingles;
-  2. a hash shuffle on the key pairs every row with the smallest id of each bucket it shares;
+  2. a sort on the key pairs every row with the first row of each bucket it shares: the smallest user id,
+     then the smallest internal key (rows without a user id first);
   3. a shuffle on the keeper attaches the keeper's text to each pair, and a shuffle on the row id
      brings each row together with its candidate pairs, which are verified (equal normalised text, or
      exact shingle Jaccard >= threshold): a verified row is a duplicate of its smallest verified keeper
      (``exact_duplicate`` when the text is equal, else ``near_duplicate``).
-So each cluster keeps its smallest id, deterministically. In a chain a~b~c where a and c are not close,
-c stays when no bucket pairs it with b as the smallest member; such chains are rare at threshold 0.7.
+Rows are told apart by their internal key (``id``: source file and position), never by the user's id, so
+two identical rows always meet, and rows that merely share a user id never do. Each cluster keeps its
+first row by (user id, key), deterministically. In a chain a~b~c where a and c are not close, c stays when
+no bucket pairs it with b as the first member; such chains are rare at threshold 0.7.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pipelines.curate.reasons import EXACT_DUPLICATE, NEAR_DUPLICATE
 
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint64((1 << 32) - 1)
-KEY_SCHEMA = pa.schema([("key", pa.int64()), ("id", pa.string()), ("kind", pa.string())])
+KEY_SCHEMA = pa.schema([("key", pa.int64()), ("id", pa.string()), ("rank", pa.string()), ("kind", pa.string())])
 EXACT, NEAR = "exact", "near"  # which kind of bucket key paired two rows
 DUPLICATE_REASON = {EXACT: EXACT_DUPLICATE, NEAR: NEAR_DUPLICATE}
 
@@ -165,14 +168,22 @@ def dedup_keys(conversations: Sequence[Sequence[dict[str, str]] | None], spec: D
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(per_row.reshape(-1), pa.int64()))
 
 
+def keeper_rank(user_ids: Sequence[str | None], ids: Sequence[str]) -> list[str]:
+    """The order in which rows of a cluster are kept: by user id, then internal key (which has no NUL)."""
+    return [f"{user_id or ''}\0{row_id}" for user_id, row_id in zip(user_ids, ids, strict=True)]
+
+
 def explode_keys(batch: pa.Table, exact: bool) -> pa.Table:
-    """Ray UDF: (id, dedup_keys) rows -> one (key, id, kind) row per key; the first key is exact when ``exact``."""
+    """Ray UDF: (id, user_id, dedup_keys) rows -> one (key, id, rank, kind) row per key; the first key is
+    exact when ``exact``."""
     keys = batch.column("dedup_keys").combine_chunks()
     lengths = pa.compute.list_value_length(keys).fill_null(0).to_numpy(zero_copy_only=False)
     parents = np.repeat(np.arange(batch.num_rows), lengths)
     position = np.arange(len(parents)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     kind = np.where((position == 0) & exact, EXACT, NEAR) if len(parents) else np.array([], dtype=object)
-    return pa.table({"key": keys.flatten(), "id": batch.column("id").take(pa.array(parents, pa.int64())),
+    rank = pa.array(keeper_rank(batch.column("user_id").to_pylist(), batch.column("id").to_pylist()), pa.string())
+    take = pa.array(parents, pa.int64())
+    return pa.table({"key": keys.flatten(), "id": batch.column("id").take(take), "rank": rank.take(take),
                      "kind": pa.array(kind, pa.string())}, schema=KEY_SCHEMA)
 
 
@@ -200,22 +211,26 @@ def is_duplicate(kind: str, row: Sequence[dict[str, str]], keeper: Sequence[dict
 PAIR_SCHEMA = pa.schema([("id", pa.string()), ("keeper", pa.string()), ("kind", pa.string())])
 KEEPER_SCHEMA = pa.schema([("on", pa.string()), ("id", pa.string()), ("kind", pa.string()),
                            ("messages", pa.string())])
-MARK_SCHEMA = pa.schema([("on", pa.string()), ("source", pa.string()), ("messages", pa.string()),
+MARK_SCHEMA = pa.schema([("on", pa.string()), ("user_id", pa.string()), ("source", pa.string()),
+                         ("messages", pa.string()),
                          ("reason", pa.string()), ("detail", pa.string()), ("keeper", pa.string()),
                          ("kind", pa.string()), ("keeper_messages", pa.string())])
 
 
 def bucket_pairs(block: pa.Table) -> pa.Table:
-    """Keys of one partition -> (id, keeper, kind) for every row sharing a bucket with a smaller id."""
+    """Keys of one partition -> (id, keeper, kind) for every row sharing a bucket with a row of smaller rank."""
     if block.num_rows == 0:
         return PAIR_SCHEMA.empty_table()
-    stats = block.group_by("key").aggregate([("id", "count"), ("id", "min")])
+    stats = block.group_by("key").aggregate([("id", "count"), ("rank", "min")])
     shared = stats.filter(pa.compute.greater(stats.column("id_count"), 1))
     if shared.num_rows == 0:
         return PAIR_SCHEMA.empty_table()
-    joined = block.join(shared.select(["key", "id_min"]), "key", join_type="inner")
-    pairs = joined.filter(pa.compute.not_equal(joined.column("id"), joined.column("id_min")))
-    return pa.table({"id": pairs.column("id"), "keeper": pairs.column("id_min"), "kind": pairs.column("kind")},
+    # each shared bucket's first row by rank is its keeper (a rank names one row)
+    keepers = block.join(shared.select(["key", "rank_min"]), ["key", "rank"], ["key", "rank_min"],
+                         join_type="inner").select(["key", "id"]).rename_columns(["key", "keeper"])
+    joined = block.join(keepers, "key", join_type="inner")
+    pairs = joined.filter(pa.compute.not_equal(joined.column("id"), joined.column("keeper")))
+    return pa.table({"id": pairs.column("id"), "keeper": pairs.column("keeper"), "kind": pairs.column("kind")},
                     schema=PAIR_SCHEMA)
 
 
@@ -248,8 +263,9 @@ def mark_block(block: pa.Table, spec: DedupSpec) -> pa.Table:
             if is_duplicate(kind, parsed, json.loads(keeper_messages), spec):
                 reasons[i], details[i] = DUPLICATE_REASON[kind], f"duplicate of {keeper}"
                 break
-    return pa.table({"id": rows.column("on"), "source": rows.column("source"), "messages": rows.column("messages"),
-                     "reason": pa.array(reasons, pa.string()), "detail": pa.array(details, pa.string())})
+    return pa.table({"id": rows.column("on"), "user_id": rows.column("user_id"), "source": rows.column("source"),
+                     "messages": rows.column("messages"), "reason": pa.array(reasons, pa.string()),
+                     "detail": pa.array(details, pa.string())})
 
 
 def _as(batch: pa.Table, schema: pa.Schema, columns: dict[str, str]) -> pa.Table:
@@ -265,7 +281,7 @@ def mark_duplicates(rows: Any, spec: DedupSpec) -> Any:
     Three shuffles on Ray Data in one execution: keys by bucket, pairs with keeper texts by keeper,
     rows with their pairs by id.
     """
-    pairs = (rows.select_columns(["id", "dedup_keys"])
+    pairs = (rows.select_columns(["id", "user_id", "dedup_keys"])
              .map_batches(explode_keys, batch_format="pyarrow", fn_kwargs={"exact": spec.exact})
              .sort("key")
              .map_batches(bucket_pairs, batch_size=None, batch_format="pyarrow"))
@@ -279,7 +295,7 @@ def mark_duplicates(rows: Any, spec: DedupSpec) -> Any:
                        "schema": MARK_SCHEMA,
                        "columns": {"on": "id", "keeper": "on", "kind": "kind", "keeper_messages": "messages"}}))
     own_rows = rows.map_batches(_as, batch_format="pyarrow", fn_kwargs={
-        "schema": MARK_SCHEMA, "columns": {"on": "id", "source": "source", "messages": "messages",
-                                           "reason": "reason", "detail": "detail"}})
+        "schema": MARK_SCHEMA, "columns": {"on": "id", "user_id": "user_id", "source": "source",
+                                           "messages": "messages", "reason": "reason", "detail": "detail"}})
     return (own_rows.union(with_keeper).sort("on")
             .map_batches(mark_block, batch_size=None, batch_format="pyarrow", fn_kwargs={"spec": spec}))

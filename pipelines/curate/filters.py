@@ -6,7 +6,8 @@ A filter has a ``name`` (what it checks), the check (``keeps``) and the ``reason
 counted under (datatrove's base_filter shape). It looks at one conversation (``[{"role", "content"}]``,
 roles system / user / assistant); a kept row has no reason (``KEPT``). ``build_filters`` turns the
 ``curate`` config section into the ordered chain; cheap checks run first and the first failing one
-names the reason.
+names the reason. ``first_failures`` runs the chain over a batch one filter at a time, so a filter that
+works faster on many rows at once (the length filter tokenises a batch in one call) can.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipelines.curate.reasons import (
@@ -28,6 +28,7 @@ from pipelines.curate.reasons import (
     REPEATED_LINES,
     REPEATED_NGRAMS,
     SHORT_ANSWER,
+    TEMPLATE_ERROR,
 )
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ class Filter:
 
     def __call__(self, messages: Messages) -> Verdict:
         return KEEP if self.keeps(messages) else (False, self.reason)
+
+    def reasons(self, conversations: Sequence[Messages]) -> list[str]:
+        """The verdict on each of many conversations: ``KEPT`` or the reason it is dropped."""
+        return [KEPT if self.keeps(messages) else self.reason for messages in conversations]
 
 
 @dataclass(frozen=True)
@@ -186,18 +191,21 @@ class ShortAnswerFilter(Filter):
 
 @dataclass(frozen=True)
 class LengthFilter(Filter):
-    """The whole conversation fits ``max_tokens`` tokens of the training tokenizer (4 per turn for the template)."""
+    """The conversation as training sees it, rendered by the model's chat template and tokenised, fits
+    ``max_tokens``; one the template cannot render is dropped as ``template_error`` (training could not
+    render it either). ``count_tokens`` maps conversations to token counts, None where rendering failed."""
 
     name: ClassVar[str] = "token_length"
     reason: ClassVar[str] = OVER_LONG
-    count_tokens: Callable[[str], int]
+    count_tokens: Callable[[Sequence[Messages]], list[int | None]]
     max_tokens: int
 
     def keeps(self, messages: Messages) -> bool:
-        # a byte-level tokenizer never makes more tokens than bytes: most rows need no tokenizing at all
-        if sum(len(m["content"].encode("utf-8", "surrogatepass")) + 4 for m in messages) <= self.max_tokens:
-            return True
-        return sum(self.count_tokens(m["content"]) + 4 for m in messages) <= self.max_tokens
+        return self.reasons([messages]) == [KEPT]
+
+    def reasons(self, conversations: Sequence[Messages]) -> list[str]:
+        return [TEMPLATE_ERROR if count is None else OVER_LONG if count > self.max_tokens else KEPT
+                for count in self.count_tokens(conversations)]
 
 
 @lru_cache(maxsize=1)
@@ -251,9 +259,10 @@ class LanguageFilter(Filter):
         return lang in self.allowed or prob < self.min_confidence
 
 
-def build_filters(curate: Any, count_tokens: Callable[[str], int] | None, max_tokens: int) -> list[Filter]:
-    """The configured chain, cheapest first. ``curate`` is the CurateConfig section; without
-    ``count_tokens`` no length filter runs."""
+def build_filters(curate: Any, count_tokens: Callable[[Sequence[Messages]], list[int | None]] | None,
+                  max_tokens: int) -> list[Filter]:
+    """The configured chain, cheapest first. ``curate`` is the CurateConfig section; ``count_tokens`` counts
+    conversations for the length filter (``chat_token_counter``); without it no length filter runs."""
     chain: list[Filter] = [TurnOrderFilter(), EmptyAnswerFilter(curate.min_answer_chars)]
     if curate.drop_refusals:
         chain.append(RefusalFilter())
@@ -271,20 +280,32 @@ def build_filters(curate: Any, count_tokens: Callable[[str], int] | None, max_to
 
 def first_failure(messages: Messages, chain: Sequence[Filter]) -> str:
     """The reason of the first filter that drops the conversation, or ``KEPT`` when every filter keeps it."""
+    return first_failures([messages], chain)[0]
+
+
+def first_failures(conversations: Sequence[Messages | None], chain: Sequence[Filter]) -> list[str]:
+    """``first_failure`` of each conversation, one filter at a time over the rows every earlier filter kept.
+    A None (a row already dropped) is left alone: its place holds ``KEPT`` for the caller to overwrite."""
+    verdicts = [KEPT] * len(conversations)
+    live = [i for i, messages in enumerate(conversations) if messages is not None]
     for check in chain:
-        keep, reason = check(messages)
-        if not keep:
-            return reason
-    return KEPT
+        if not live:
+            break
+        for i, reason in zip(live, check.reasons([conversations[i] for i in live]), strict=True):
+            verdicts[i] = reason
+        live = [i for i in live if verdicts[i] == KEPT]
+    return verdicts
 
 
 # --- what the length filter counts with -------------------------------------------------------------
 
-def length_tokenizer(cfg: RayloraConfig) -> str:
-    """The tokenizer the length filter counts with: ``data.tokenizer``, else the base model's."""
+def length_model(cfg: RayloraConfig) -> str:
+    """The model section the length filter renders and counts with, as JSON (plain data for Ray tasks):
+    ``model`` with ``base`` resolved, its tokenizer ``data.tokenizer`` when that is set."""
     from pipelines.models import resolve_base_model
 
-    return resolve_base_model(cfg.data.tokenizer or cfg.model.base)
+    return cfg.model.model_copy(update={"base": resolve_base_model(cfg.data.tokenizer or cfg.model.base)}
+                                ).model_dump_json()
 
 
 def token_limit(cfg: RayloraConfig) -> int:
@@ -293,15 +314,29 @@ def token_limit(cfg: RayloraConfig) -> int:
 
 
 @lru_cache(maxsize=2)
-def token_counter(tokenizer: str) -> Callable[[str], int]:
-    """len(tokens) of a text under ``tokenizer`` (a local directory or a hub id); loaded once per process."""
-    local = Path(tokenizer) / "tokenizer.json"
-    if local.is_file():
-        from tokenizers import Tokenizer
+def chat_token_counter(model_json: str) -> Callable[[Sequence[Messages]], list[int | None]]:
+    """Token counts of conversations as training renders them: the model's chat template
+    (``adapters.build.load_tokenizer``, which applies ``model.chat_template``), then its tokenizer.
+    Loaded once per process (Ray reuses its worker processes, so once per worker)."""
+    from adapters.build import load_tokenizer
+    from pipelines.config import ModelConfig
 
-        fast = Tokenizer.from_file(str(local))
-        return lambda text: len(fast.encode(text, add_special_tokens=False).ids)
-    from transformers import AutoTokenizer
+    tokenizer = load_tokenizer(ModelConfig.model_validate_json(model_json))
 
-    hub = AutoTokenizer.from_pretrained(tokenizer)
-    return lambda text: len(hub.encode(text, add_special_tokens=False))
+    def count(conversations: Sequence[Messages]) -> list[int | None]:
+        if not conversations:
+            return []
+        try:  # one call renders and tokenises the whole batch
+            return [len(ids) for ids in tokenizer.apply_chat_template(list(conversations), tokenize=True,
+                                                                        return_dict=False)]
+        except Exception:  # the template refused a row (e.g. a role it does not support): find which
+            return [_count_one(tokenizer, messages) for messages in conversations]
+
+    return count
+
+
+def _count_one(tokenizer: Any, messages: Messages) -> int | None:
+    try:
+        return len(tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=False))
+    except Exception:  # any error of the template or tokenizer on this row: training would hit it too
+        return None

@@ -97,3 +97,24 @@ def written_rows(files: list[str]) -> int:
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+
+
+def repeated_values(files: list[str], column: str, examples: int = 5) -> dict[str, Any]:
+    """The values of ``column`` that more than one row of ``files`` holds (nulls aside): how many, on how many
+    rows, and the first few with their counts. A Ray Data group-by counts them, so no process holds them all."""
+    import ray.data
+    from ray.data.expressions import col
+
+    found: dict[str, Any] = {"ids": 0, "rows": 0, "examples": {}}
+    if not files:
+        return found
+    counts = (ray.data.read_parquet(files, columns=[column]).filter(expr=col(column).is_not_null())
+              .groupby(column).count())
+    for batch in counts.iter_batches(batch_format="pyarrow"):
+        values, repeats = batch.column(column).to_pylist(), batch.column(1).to_pylist()
+        for value, n in zip(values, repeats, strict=True):
+            if n > 1:
+                found["ids"], found["rows"] = found["ids"] + 1, found["rows"] + n
+                if len(found["examples"]) < examples:
+                    found["examples"][value] = n
+    return found

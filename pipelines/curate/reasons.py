@@ -17,6 +17,7 @@ REPEATED_LINES = "repeated_lines"
 REPEATED_NGRAMS = "repeated_ngrams"
 SHORT_ANSWER = "short_answer"
 OVER_LONG = "over_long"
+TEMPLATE_ERROR = "template_error"
 OTHER_LANGUAGE = "other_language"
 CONTAMINATED = "contaminated"
 EXACT_DUPLICATE = "exact_duplicate"
@@ -33,7 +34,8 @@ REASONS: dict[str, str] = {
     REPEATED_LINES: "an answer that repeats the same lines",
     REPEATED_NGRAMS: "an answer that repeats the same word n-grams",
     SHORT_ANSWER: "a long request answered in a few characters",
-    OVER_LONG: "over curate.max_tokens (default model.max_seq_len)",
+    OVER_LONG: "its chat-template tokens exceed curate.max_tokens",
+    TEMPLATE_ERROR: "the model's chat template cannot render it",
     OTHER_LANGUAGE: "a language outside curate.languages",
     CONTAMINATED: "holds text of an eval item (data.eval_sets)",
     EXACT_DUPLICATE: "the same text as a kept row",

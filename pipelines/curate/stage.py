@@ -3,17 +3,21 @@
     raylora demo-assets configs/demo.yaml     # the sample data with planted defects
     raylora curate configs/demo.yaml          # -> <workdir>/curated/{train,eval,dropped}/*.parquet + manifest.json
 
-``curate`` runs five phases, one function each: read and filter (formats, filters, decontamination),
-dedup, select (the optional quality top-k and diversity selection), account (every dropped row written
-with its reason, every row counted) and write (the deterministic train / eval split and the manifest).
-Every row read ends in exactly one of train, eval or dropped, per source; the train and tune stages read
-only the manifest. Each phase writes Parquet under ``<output>/_work`` and the next reads it back, so the
-pipeline streams instead of holding rows in RAM.
+``curate`` runs five phases, one function each: read and filter (readers, formats, filters,
+decontamination), dedup, select (the optional quality top-k and diversity selection), account (every
+dropped row written with its reason, every row counted, repeated user ids found) and write (the
+deterministic train / eval split and the manifest). Every row read ends in exactly one of train, eval or
+dropped, per source; the train and tune stages read only the manifest. Each phase writes Parquet under
+``_work`` and the next reads it back, so the pipeline streams instead of holding rows in RAM.
+
+Curation writes into a staging directory beside ``curate.output_dir`` and swaps it in only when it
+succeeded, so a failed run leaves the last good output as it was; it never deletes a directory it did not
+write.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import shutil
 from collections import Counter
@@ -21,45 +25,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from cluster.runtime_env import ensure_ray
-from pipelines.artifacts import DatasetManifest, curated_manifest_path
+from pipelines.artifacts import MANIFEST_FILE, DatasetManifest
 from pipelines.config import CurateConfig, RayloraConfig
 from pipelines.curate.decontaminate import ContaminationFilter, EvalIndex, build_eval_index
 from pipelines.curate.dedup import KEYS_TYPE, DedupSpec, dedup_keys, dedup_spec, mark_duplicates
 from pipelines.curate.filters import (
     Filter,
     build_filters,
-    first_failure,
-    length_tokenizer,
-    token_counter,
+    chat_token_counter,
+    first_failures,
+    length_model,
     token_limit,
 )
-from pipelines.curate.formats import ROW_SCHEMA, chunk_items, plan_chunks, read_chunk_batch
+from pipelines.curate.formats import ROW_SCHEMA
 from pipelines.curate.raydata import (
     count_by,
     parquet_files,
     ray_data_logs,
     read_parquet_dir,
+    repeated_values,
     scan,
     shuffle_partitions,
     union,
     written_rows,
 )
+from pipelines.curate.readers import chunk_items, plan_chunks, read_chunk_batch
 from pipelines.curate.reasons import KEPT, REASONS
 from pipelines.curate.select import diversity_split, embedding_model_path, quality_split
-from pipelines.errors import StageError
+from pipelines.curate.split import eval_cutoff, kept_histogram, split_hash, to_output
+from pipelines.errors import ConfigError, StageError
 
-MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-OUTPUT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("messages", MESSAGES_TYPE)])
-DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
-                            ("detail", pa.string())])
+DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("user_id", pa.string()), ("source", pa.string()),
+                            ("reason", pa.string()), ("detail", pa.string())])
 KEPT_ROWS, DROPPED_ROWS = f"reason == '{KEPT}'", f"reason != '{KEPT}'"  # Ray Data filter expressions
 ROWS_PER_FILE = 100_000
-BUCKET_SHIFT = 47  # split keys are 63-bit hashes: their top 16 bits name one of 65536 buckets
-DIGEST_MODULUS = 1 << 256
+OUTPUT_ENTRIES = {"train", "eval", "dropped", "_work", MANIFEST_FILE}  # all that a curation output holds
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,14 @@ class Rows:
 @dataclass(frozen=True)
 class Accounts:
     """A run's counts, taken from the written files: rows read per source, rows dropped per source and
-    reason (and one example each), and the kept rows' split-key histogram."""
+    reason (and one example each), the kept rows' split-key histogram, and the user ids on several rows."""
 
     read_by_source: dict[str, int]
     dropped_by_source_reason: Counter[tuple[str, ...]]
     dropped_files: list[str]
     examples: dict[str, str]
     kept_histogram: Counter[int]
+    repeated_user_ids: dict[str, Any]
 
     @property
     def num_read(self) -> int:
@@ -118,23 +122,71 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False) ->
     """
     import ray
 
-    ensure_ray(cfg, log_to_driver=False)
     out = cfg.path(cfg.curate.output_dir)
-    shutil.rmtree(out, ignore_errors=True)
-    work = out / "_work"
+    check_replaceable(out)
+    ensure_ray(cfg)
+    staging = out.with_name(f".{out.name}.staging")  # a crashed run's staging is cleared by the next
+    shutil.rmtree(staging, ignore_errors=True)
+    work = staging / "_work"
     dedup = dedup_spec(cfg.curate)
     partitions = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    with shuffle_partitions(partitions), ray_data_logs(verbose):
-        read = read_and_filter(cfg, dedup, work / "rows")
-        unique = deduplicate(read, dedup, work / "deduped")
-        chosen = select_rows(unique, cfg.curate, work / "scored")
-        accounts = account(read.files, chosen, out / "dropped", cfg.seed)
-        manifest = write_splits(cfg, chosen, accounts, work / "split", out)
-    manifest.write(curated_manifest_path(cfg))
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        with shuffle_partitions(partitions), ray_data_logs(verbose):
+            read = read_and_filter(cfg, dedup, work / "rows")
+            unique = deduplicate(read, dedup, work / "deduped")
+            chosen = select_rows(unique, cfg.curate, work / "scored")
+            accounts = account(read.files, chosen, staging / "dropped", cfg.seed)
+            manifest = write_splits(cfg, chosen, accounts, work / "split", staging)
+        shutil.rmtree(work)
+        manifest = moved(manifest, staging, out)
+        manifest.write(staging / MANIFEST_FILE)
+        swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if not quiet:
-        print(format_report(accounts.num_read, accounts.num_kept, accounts.dropped_by_reason, accounts.examples))
+        print(format_report(accounts.num_read, accounts.num_kept, accounts.dropped_by_reason, accounts.examples,
+                            accounts.repeated_user_ids))
     return manifest
+
+
+# --- the output: replaced whole, and only when curation succeeded -----------------------------------------
+
+def check_replaceable(out: Path) -> None:
+    """Fail, before any work, when ``out`` holds anything a curation did not write (curation replaces it)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise StageError(f"curate.output_dir {out} is a file or a link, and curation replaces its output whole: "
+                         "point curate.output_dir at a new directory")
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in OUTPUT_ENTRIES) if out.is_dir() \
+        else []
+    if foreign:
+        raise StageError(f"curate.output_dir {out} holds files curation did not write ({', '.join(foreign[:3])}), "
+                         "and curation replaces its output whole: point curate.output_dir at a new directory")
+
+
+def moved(manifest: DatasetManifest, staging: Path, out: Path) -> DatasetManifest:
+    """The manifest with its paths where the files will be once ``staging`` becomes ``out``."""
+    def relocate(paths: list[str]) -> list[str]:
+        return [str(out / Path(path).relative_to(staging)) for path in paths]
+
+    return dataclasses.replace(manifest, train_paths=relocate(manifest.train_paths),
+                               eval_paths=relocate(manifest.eval_paths),
+                               dropped_paths=relocate(manifest.dropped_paths))
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging`` with two renames; the old output is deleted only once the new one is
+    in place (put back if the second rename fails; a crash in between leaves it as ``.<name>.old``)."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    try:
+        staging.rename(out)
+    except OSError:
+        if old.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- 1. read and filter -------------------------------------------------------------------------------
@@ -146,7 +198,7 @@ def read_and_filter(cfg: RayloraConfig, dedup: DedupSpec | None, rows_dir: Path)
 
     chunks = plan_chunks(cfg.data.sources)
     checks = {"curate": cfg.curate.model_dump(), "eval_index": load_eval_index(cfg),
-              "tokenizer": length_tokenizer(cfg), "max_tokens": token_limit(cfg), "dedup": dedup}
+              "model": length_model(cfg), "max_tokens": token_limit(cfg), "dedup": dedup}
     # One task per read chunk: Ray fuses these ops and bundles their input (one row per chunk) up to the
     # largest batch_size or min_rows_per_file, so either would put every chunk into one task on one core.
     try:
@@ -154,10 +206,12 @@ def read_and_filter(cfg: RayloraConfig, dedup: DedupSpec | None, rows_dir: Path)
          .map_batches(read_chunk_batch, batch_size=1)
          .map_batches(filter_batch, batch_format="pyarrow", batch_size=None, fn_kwargs=checks)
          .write_parquet(str(rows_dir)))
-    except Exception as err:  # a Ray task wraps the StageError of a source it could not open (hf://, remote)
-        opening = [line for line in str(err).splitlines() if "cannot open data source" in line]
-        if opening:
-            raise StageError(opening[-1].split("StageError: ")[-1].strip()) from err
+    except Exception as err:  # a Ray task wraps the error of a source it could not open (hf://, remote) or
+        # of a model whose tokenizer it could not load (e.g. no chat template): the line naming the fix
+        for kind in (ConfigError, StageError):
+            said = [line for line in str(err).splitlines() if f"{kind.__name__}: " in line]
+            if said:
+                raise kind(said[-1].split(f"{kind.__name__}: ")[-1].strip()) from err
         raise
     rows = read_parquet_dir(rows_dir, ROW_SCHEMA if dedup is None else ROW_SCHEMA.append(
         pa.field("dedup_keys", KEYS_TYPE)))
@@ -175,27 +229,25 @@ def load_eval_index(cfg: RayloraConfig) -> EvalIndex | None:
         raise StageError(f"cannot read eval set for decontamination: {err} (check data.eval_sets)") from err
 
 
-def filter_chain(curate: CurateConfig, tokenizer: str | None, max_tokens: int,
-                 eval_index: EvalIndex | None) -> list[Filter]:
-    """The checks every row goes through, in order: the configured filters, then decontamination."""
-    chain = build_filters(curate, token_counter(tokenizer) if tokenizer else None, max_tokens)
+def filter_chain(curate: CurateConfig, model: str, max_tokens: int, eval_index: EvalIndex | None) -> list[Filter]:
+    """The checks every row goes through, in order: the configured filters (the length filter renders with
+    ``model``, the JSON of a model section), then decontamination."""
+    chain = build_filters(curate, chat_token_counter(model), max_tokens)
     return chain if eval_index is None else [*chain, ContaminationFilter(eval_index)]
 
 
-def filter_batch(batch: pa.Table, curate: dict, tokenizer: str | None, max_tokens: int,
+def filter_batch(batch: pa.Table, curate: dict, model: str, max_tokens: int,
                  eval_index: EvalIndex | None, dedup: DedupSpec | None) -> pa.Table:
     """Ray ``map_batches`` UDF: set ``reason`` on each row the filter chain drops, and give every row that
     passed its dedup bucket keys (``dedup_keys``) while its conversation is parsed anyway."""
-    chain = filter_chain(CurateConfig.model_validate(curate), tokenizer, max_tokens, eval_index)
-    reasons = batch.column("reason").to_pylist()
-    passed: list[list[dict[str, str]] | None] = [None] * batch.num_rows
-    for i, raw in enumerate(batch.column("messages").to_pylist()):
-        if reasons[i] != KEPT:
-            continue  # malformed at read time
-        messages = json.loads(raw)
-        reasons[i] = first_failure(messages, chain)
-        if reasons[i] == KEPT:
-            passed[i] = messages
+    chain = filter_chain(CurateConfig.model_validate(curate), model, max_tokens, eval_index)
+    read_ok = [reason == KEPT for reason in batch.column("reason").to_pylist()]  # not malformed at read time
+    conversations = [json.loads(raw) if ok else None
+                     for raw, ok in zip(batch.column("messages").to_pylist(), read_ok, strict=True)]
+    verdicts = first_failures(conversations, chain)
+    reasons = [verdict if ok else reason
+               for verdict, ok, reason in zip(verdicts, read_ok, batch.column("reason").to_pylist(), strict=True)]
+    passed = [messages if reason == KEPT else None for messages, reason in zip(conversations, reasons, strict=True)]
     batch = batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
     if dedup is None:
         return batch
@@ -205,7 +257,8 @@ def filter_batch(batch: pa.Table, curate: dict, tokenizer: str | None, max_token
 # --- 2. dedup -------------------------------------------------------------------------------------------
 
 def deduplicate(rows: Rows, dedup: DedupSpec | None, deduped_dir: Path) -> Rows:
-    """Mark exact and near duplicates across the whole dataset; each cluster keeps its smallest id."""
+    """Mark exact and near duplicates across the whole dataset by content; each cluster keeps its first row
+    by (user id, internal key)."""
     if dedup is None:
         return rows
     mark_duplicates(rows.kept, dedup).write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE)
@@ -247,7 +300,7 @@ def account(read_files: list[str], rows: Rows, dropped_dir: Path, seed: int) -> 
     accounts = Accounts(read_by_source={src: n for (src,), n in count_by(read_files, ["source"]).items()},
                         dropped_by_source_reason=count_by(dropped_files, ["source", "reason"]),
                         dropped_files=dropped_files, examples=drop_examples(dropped_files),
-                        kept_histogram=histogram)
+                        kept_histogram=histogram, repeated_user_ids=repeated_values(read_files, "user_id"))
     if accounts.num_kept == 0:
         raise StageError("every row was dropped; nothing to train on. Relax curate.* or check the sources:\n"
                          + format_report(accounts.num_read, 0, accounts.dropped_by_reason, accounts.examples))
@@ -259,51 +312,28 @@ def to_dropped(batch: pa.Table) -> pa.Table:
     return batch.select(list(DROPPED_SCHEMA.names)).cast(DROPPED_SCHEMA)
 
 
-def split_keys(ids: list[str], seed: int) -> np.ndarray:
-    """The deterministic split key of each id: a hash of seed and id (a random, fixed order of the rows)."""
-    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") >> 1
-                     for i in ids], dtype=np.int64)
-
-
-def kept_histogram(kept_files: list[str], seed: int) -> Counter[int]:
-    """Kept rows per split-key bucket."""
-    histogram: Counter[int] = Counter()
-    for table in scan(kept_files, ["id", "reason"], kept_only=True):
-        histogram.update((split_keys(table.column("id").to_pylist(), seed) >> BUCKET_SHIFT).tolist())
-    return histogram
-
-
-def split_hash(split_files: list[str]) -> str:
-    """The hash that identifies a written split: sha256 over the row count and the sum of the rows' sha256
-    digests of (id, messages) modulo 2^256, which no row order or file layout changes."""
-    import pyarrow.parquet as pq
-
-    digest_sum, count = 0, 0
-    for path in split_files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["id", "messages"], batch_size=65_536):
-            for row_id, messages in zip(batch.column("id").to_pylist(), batch.column("messages").to_pylist(),
-                                        strict=True):
-                text = row_id + "\0" + json.dumps(messages, ensure_ascii=False, sort_keys=True)
-                digest_sum += int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest(), "big")
-                count += 1
-    return hashlib.sha256(f"{count}:".encode() + (digest_sum % DIGEST_MODULUS).to_bytes(32, "big")).hexdigest()
-
-
 def drop_examples(dropped_files: list[str]) -> dict[str, str]:
-    """One example (id and detail) per drop reason, for the report."""
+    """One example per drop reason, for the report: the user's id (else the row's key) and the detail."""
     examples: dict[str, str] = {}
-    for table in scan(dropped_files, ["id", "reason", "detail"]):
-        for row_id, reason, detail in zip(*(table.column(i).to_pylist() for i in range(3)), strict=True):
-            examples.setdefault(reason, f"{row_id}" + (f" ({detail})" if detail else ""))
+    for table in scan(dropped_files, ["id", "user_id", "reason", "detail"]):
+        for key, user_id, reason, detail in zip(*(table.column(i).to_pylist() for i in range(4)), strict=True):
+            examples.setdefault(reason, f"{user_id or key}" + (f" ({detail})" if detail else ""))
     return examples
 
 
-def format_report(read: int, kept: int, dropped_by_reason: dict[str, int], examples: dict[str, str]) -> str:
-    """The human summary: counts, then a table of drop reasons with what each means and one example."""
+def format_report(read: int, kept: int, dropped_by_reason: dict[str, int], examples: dict[str, str],
+                  repeated_user_ids: dict[str, Any] | None = None) -> str:
+    """The human summary: counts, a table of drop reasons with what each means and one example, and the
+    user ids that more than one row carries."""
     lines = [f"curated {read} rows: kept {kept}, dropped {read - kept}",
              f"  {'reason':<16} {'count':>7}  {'meaning':<50}  example"]
     for reason, count in sorted(dropped_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {reason:<16} {count:>7}  {REASONS[reason]:<50}  {examples.get(reason, '')[:70]}".rstrip())
+    if repeated_user_ids and repeated_user_ids["ids"]:
+        shown = ", ".join(f"{user_id!r} x{n}" for user_id, n in repeated_user_ids["examples"].items())
+        lines.append(f"note: {repeated_user_ids['ids']} ids are on more than one row ({repeated_user_ids['rows']} "
+                     f"rows; e.g. {shown}); every row is kept apart by its key <file>:<line>, and dedup compares "
+                     "content, not ids")
     return "\n".join(lines)
 
 
@@ -336,35 +366,5 @@ def write_splits(cfg: RayloraConfig, rows: Rows, accounts: Accounts, split_dir: 
         per_source=accounts.per_source(kept_by_source), train_hash=split_hash(train_files),
         eval_hash=split_hash(eval_files),
         config={"data": cfg.data.model_dump(mode="json"), "curate": cfg.curate.model_dump(mode="json")},
+        repeated_user_ids=accounts.repeated_user_ids,
     )
-
-
-def eval_cutoff(kept_files: list[str], histogram: Counter[int], num_eval: int, seed: int) -> int:
-    """The split key below which exactly ``num_eval`` kept rows lie.
-
-    The bucket histogram says which bucket holds the ``num_eval``-th smallest key; only that bucket's
-    few keys (about rows / 65536) are kept while the id column streams past.
-    """
-    if num_eval == 0:
-        return np.iinfo(np.int64).min
-    below = 0
-    for bucket in sorted(histogram):
-        if below + histogram[bucket] >= num_eval:
-            break
-        below += histogram[bucket]
-    keys: list[int] = []
-    for table in scan(kept_files, ["id", "reason"], kept_only=True):
-        split = split_keys(table.column("id").to_pylist(), seed)
-        keys.extend(split[(split >> BUCKET_SHIFT) == bucket].tolist())
-    return sorted(keys)[num_eval - below - 1] + 1
-
-
-def to_output(batch: pa.Table, seed: int, cutoff: int) -> pa.Table:
-    """Ray UDF: kept rows -> the canonical Parquet schema the train stage reads, plus the ``split`` (train or
-    eval: eval holds the rows whose split key is below the cutoff) the write partitions on."""
-    messages = [json.loads(m) for m in batch.column("messages").to_pylist()]
-    is_eval = split_keys(batch.column("id").to_pylist(), seed) < cutoff
-    return pa.table({"id": batch.column("id"), "source": batch.column("source"),
-                     "messages": pa.array(messages, MESSAGES_TYPE),
-                     "split": pa.array(np.where(is_eval, "eval", "train"), pa.string())},
-                    schema=OUTPUT_SCHEMA.append(pa.field("split", pa.string())))

@@ -26,6 +26,7 @@ from cluster.runtime_env import ensure_ray
 from pipelines import tracking
 from pipelines.artifacts import DatasetManifest, TrainResult
 from pipelines.config import RayloraConfig
+from pipelines.console import relay_worker_lines, worker_failure_lines
 from pipelines.errors import ConfigError, StageError
 from pipelines.fingerprint import Fingerprint, record_last_run, train_fingerprint
 from pipelines.models import resolve_base_model
@@ -101,10 +102,12 @@ def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None 
         print(f"raylora train: {cfg.run_name} ({fingerprint.digest}) already finished at step "
               f"{result.metrics.get('step', 0):.0f}; its adapter: {result.adapter_path}", flush=True)
         return result
-    ensure_ray(cfg, log_to_driver=True)
+    ensure_ray(cfg)
+    relay_worker_lines()  # rank 0's progress lines reach this terminal
     check_cpus_for_the_data_feed(cfg)
     mlflow_run_id = open_mlflow_run(cfg, manifest, fingerprint)
-    trainer = build_trainer(cfg, manifest, fingerprint, base_path, eval_sets, mlflow_run_id, callbacks)
+    trainer = build_trainer(cfg, manifest, fingerprint, base_path, eval_sets, mlflow_run_id,
+                            [*(callbacks or []), worker_failure_lines(cfg.cluster.max_failures)])
     try:
         result = trainer.fit()
     except Exception as err:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import resource
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from pipelines.config import RayloraConfig
+from pipelines.console import say
 from pipelines.errors import StageError
 from pipelines.tracking import MetricLogger
 from pipelines.train.checkpoint import load_checkpoint, report_checkpoint
@@ -41,7 +41,6 @@ from pipelines.train.engine import Engine, build_engine, quiet_libraries, train_
 from pipelines.train.evaluate import evaluate
 from pipelines.train.packing_check import packing_isolates, stretch_schedule, without_packing
 
-log = logging.getLogger("raylora.train")
 HELD_OUT = ""  # the name of the curated held-out split among the eval sets
 
 
@@ -81,9 +80,8 @@ class LogWindow:
 
 
 def progress(message: str) -> None:
-    """Rank 0's progress line. Through a logger, not print: Ray Train patches print to log *and* echo it,
-    which shows every line twice."""
-    log.info("[raylora train] %s", message)
+    """Rank 0's progress line, on the user's terminal (Ray keeps workers' own output in its log files)."""
+    say(f"[raylora train] {message}")
 
 
 def peak_memory_mib(use_gpu: bool) -> float:
@@ -200,7 +198,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     cfg = RayloraConfig.model_validate(loop_config["cfg"])
     quiet_libraries()
-    log.setLevel(logging.INFO)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     shard = ray.train.get_dataset_shard("train")

@@ -49,7 +49,9 @@ def test_sample_data_is_curated_to_the_targets(curated_by_stage, sample_data):
 
     # malformed rows: never a crash, quarantined with the parse error under the labels' ids
     dropped = pq.read_table(manifest.dropped_paths).to_pylist()
-    malformed = {row["id"]: row["detail"] for row in dropped if row["reason"] == "malformed"}
+    # a label names a row by its own id, or by its key <file stem>:<line> when the line has none (issue 11: the
+    # `id` column is the key, the record's own id is `user_id`)
+    malformed = {row["user_id"] or row["id"]: row["detail"] for row in dropped if row["reason"] == "malformed"}
     labelled = {label["id"] for label in map(json.loads, sample_data["labels"].read_text().splitlines())
                 if label["kind"] == "malformed"}
     assert set(malformed) == labelled and all(malformed.values())

@@ -67,9 +67,12 @@ def test_lsh_is_tuned_to_miss_few_pairs_at_the_threshold():
     assert 1 - (1 - 0.75 ** rows) ** bands > 0.95
 
 
-def _duplicates(ray, conversations, spec, work_dir):
+def _duplicates(ray, conversations, spec, work_dir, user_ids=None):
+    """Mark duplicates among ``conversations`` (internal key -> messages); ``user_ids`` (key -> the user's id)."""
+    user_ids = user_ids or {}
     rows = ray.data.from_arrow(pa.table({
-        "id": list(conversations), "source": ["s"] * len(conversations),
+        "id": list(conversations), "user_id": pa.array([user_ids.get(k) for k in conversations], pa.string()),
+        "source": ["s"] * len(conversations),
         "messages": [json.dumps(m) for m in conversations.values()], "reason": [""] * len(conversations),
         "detail": [""] * len(conversations), "dedup_keys": dedup_keys(list(conversations.values()), spec)}))
     with shuffle_partitions(2):
@@ -98,6 +101,19 @@ def test_exact_only(ray_local, tmp_path):
     conversations = {"x": chat("What is 3 + 4?", "7"), "w": chat("what is 3 + 4?", "7")}
     assert _duplicates(ray_local, conversations, DedupSpec(threshold=None), tmp_path) == {
         "x": (EXACT_DUPLICATE, "duplicate of w")}
+
+
+def test_rows_are_told_apart_by_their_keys_and_the_smallest_user_id_is_kept(ray_local, tmp_path):
+    """Issue 11: identical lines without an id used to share one content id, and neither was marked; rows that
+    share a user id are not duplicates unless their text is."""
+    conversations = {"a:1": chat("What is 3 + 4?", "7"), "a:2": chat("What is 3 + 4?", "7"),
+                     "b:1": chat("What is 3 + 4?", "7"),  # the same id-less line twice in a, once in b
+                     "c:1": chat("What is 8 + 1?", "9"), "d:1": chat("Sort 5 2 8.", "2 5 8"),
+                     "d:2": chat("What is 8 + 1?", "9")}
+    user_ids = {"c:1": "1", "d:1": "1", "d:2": "0"}  # both sources number their rows
+    assert _duplicates(ray_local, conversations, DedupSpec(threshold=0.7), tmp_path, user_ids) == {
+        "a:2": (EXACT_DUPLICATE, "duplicate of a:1"), "b:1": (EXACT_DUPLICATE, "duplicate of a:1"),
+        "c:1": (EXACT_DUPLICATE, "duplicate of d:2")}
 
 
 def test_short_eval_items_match_whole_long_ones_by_ngram(tmp_path):

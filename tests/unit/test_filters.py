@@ -13,18 +13,22 @@ from pipelines.curate.filters import (
     ShortAnswerFilter,
     TurnOrderFilter,
     build_filters,
+    chat_token_counter,
     first_failure,
+    first_failures,
     identify_language,
 )
 from pipelines.curate.reasons import (
     BAD_TURNS,
     EMPTY_ANSWER,
+    KEPT,
     OTHER_LANGUAGE,
     OVER_LONG,
     REFUSAL,
     REPEATED_LINES,
     REPEATED_NGRAMS,
     SHORT_ANSWER,
+    TEMPLATE_ERROR,
 )
 from pipelines.curate.select import quality_score
 
@@ -47,7 +51,8 @@ ESSAY = ("Write a detailed essay of several paragraphs about the history, cultur
 
 @pytest.mark.parametrize("messages", CLEAN)
 def test_clean_rows_pass_every_filter(messages):
-    chain = build_filters(CurateConfig(), lambda text: len(text.split()), 256)
+    chain = build_filters(CurateConfig(), lambda rows: [sum(len(m["content"].split()) for m in row) for row in rows],
+                          256)
     assert first_failure(messages, chain) == ""
 
 
@@ -98,17 +103,40 @@ def test_repeated_ngrams_and_repeated_lines_are_told_apart():
     assert repeated_ngrams(prose) == repeated_lines(prose) == (True, "")
 
 
-def test_length_counts_tokens_only_when_it_could_matter():
-    calls = []
+def test_length_counts_the_conversation_as_the_chat_template_renders_it(tiny_model_path):
+    """Issue 9/11: no per-turn "+4" or byte bound; the model's own template and tokenizer count the row."""
+    from pipelines.config import ModelConfig
 
-    def count(text):
-        calls.append(text)
-        return len(text)
+    count = chat_token_counter(ModelConfig(base=str(tiny_model_path)).model_dump_json())
+    symbols = chat("u }{)(*&^%$#@!", "a ~`|\\")  # no merges: a token per byte, plus the template's own
+    fits = chat("u What is 3 + 4?", "a 7")
+    heuristic = sum(len(m["content"].encode()) + 4 for m in symbols)
+    length = LengthFilter(count, max_tokens=heuristic)
+    assert count([symbols])[0] > heuristic >= count([fits])[0]
+    assert length.reasons([symbols, fits]) == [OVER_LONG, KEPT]
+    assert length(symbols) == (False, OVER_LONG) and length(fits) == (True, KEPT)
 
-    length = LengthFilter(count, 256)
-    assert length(chat("u short", "a 7")) == (True, "")
-    assert calls == []  # under the byte bound: no tokenizing
-    assert length(chat("u " + "word " * 100, "a 7")) == (False, OVER_LONG)
+
+def test_a_row_the_template_cannot_render_is_a_template_error():
+    def count(conversations):
+        return [None if m[0]["role"] == "system" else 5 for m in conversations]
+
+    length = LengthFilter(count, max_tokens=4)
+    assert length.reasons([chat("s Be brief.", "u Hi", "a Hello"), chat("u Hi", "a Hello")]) == [TEMPLATE_ERROR,
+                                                                                                  OVER_LONG]
+
+
+def test_first_failures_runs_each_filter_on_the_rows_the_earlier_ones_kept():
+    seen = []
+
+    def count(conversations):
+        seen.append(len(conversations))
+        return [1] * len(conversations)
+
+    chain = build_filters(CurateConfig(languages=[]), count, 256)
+    rows = [chat("u What is 3 + 4?", "a 7"), None, chat("a 7", "u What is 3 + 4?"), chat("u Hi", "a  ")]
+    assert first_failures(rows, chain) == [KEPT, KEPT, BAD_TURNS, EMPTY_ANSWER]
+    assert seen == [1]  # the length filter tokenised the one row still standing, in one call
 
 
 def test_language_is_judged_only_on_enough_text_with_confidence():

@@ -1,0 +1,61 @@
+"""What `raylora train` shows on the terminal: raylora's lines, and none of Ray's or the libraries' chatter.
+
+    .venv/bin/python -m pytest tests/integration/test_console.py -q
+
+The command runs in a subprocess, and so on a Ray cluster of its own rather than the session's shared one:
+what reaches a terminal is settled per process (Ray's log_to_driver, logging handlers, warning filters).
+A worker is killed mid-run, which is when Ray is loudest.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.train.driver import FAULT_KILL_ENV, TEST_HOOKS_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+NOISE = ["PlacementGroupCleaner", "Reporting training result", "gemm_4bit_forward", "FutureWarning",
+         "DeprecationWarning", "UserWarning", "Traceback", "(RayTrainWorker", "(TrainController",
+         "Token authentication", "MLflow database"]
+
+
+@pytest.mark.slow
+def test_train_shows_progress_a_worker_failure_and_the_summary_and_nothing_else(demo_config_dict, curated_manifest,
+                                                                                tmp_path):
+    raw = copy.deepcopy(demo_config_dict)
+    raw["run_name"] = "console"
+    raw["model"]["max_seq_len"] = 128
+    raw["train"].update({"max_steps": 3, "micro_batch_size": 4, "warmup_ratio": 0.0, "log_every": 1,
+                         "eval_every": 2, "checkpoint_every": 2, "eval_generate_limit": 2, "eval_max_new_tokens": 2})
+    raw["cluster"].update({"num_workers": 2, "cpus_per_worker": 0.5, "max_failures": 1})
+    curated_manifest.write(Path(raw["workdir"]) / "curated" / "manifest.json")
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, TEST_HOOKS_ENV: "1", FAULT_KILL_ENV: "3"}  # the last rank dies at step 3
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))",
+         "train", str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    shown = done.stdout + done.stderr
+    assert done.returncode == 0, shown
+
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[raylora train]")]
+    steps = [line.split("]", 1)[1].split(" loss")[0].strip() for line in lines
+             if " loss " in line and "eval_loss" not in line]
+    # one line per log window; rank 0 may finish step 3 before its peer's death stops it, then redoes it
+    assert sorted(set(steps)) == ["step 1/3", "step 2/3", "step 3/3"] and len(steps) in (3, 4), steps
+    assert sum("eval_loss" in line for line in lines) == 2  # steps 2 and 3
+    failed = [line for line in lines if "failed" in line]
+    assert len(failed) == 1 and "restarting from the step-2 checkpoint" in failed[0], shown
+    assert any(line.endswith("from scratch") for line in lines) and any(
+        line.endswith("resumed at step 2") for line in lines)
+    assert "adapter " in done.stdout and "eval_loss" in done.stdout.split(lines[-1])[-1]  # the summary, last
+    for noise in NOISE:
+        assert noise not in shown, f"{noise!r} reached the terminal:\n{shown}"
+    assert (Path(raw["workdir"]) / "logs" / "libraries.log").is_file()  # where the chatter went
