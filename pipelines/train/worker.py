@@ -191,6 +191,11 @@ class Worker:
                      f"params trainable, {self.total_steps} steps, {where}")
 
 
+def non_empty(eval_sets: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The eval sets that hold rows (an empty held-out split is no set to evaluate)."""
+    return {name: rows for name, rows in eval_sets.items() if rows}
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker. ``loop_config`` is plain data: {"cfg", "base_path", "eval_paths", "eval_sets",
     "mlflow", "test_hooks"}."""
@@ -218,10 +223,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             stretch_schedule(built.engine, cfg, total_steps)
     worker = Worker(cfg=cfg, built=built, shard=shard,
                     rank=rank, world_size=world_size, steps_per_epoch=per_epoch, total_steps=total_steps,
-                    eval_sets={HELD_OUT: read_rows(loop_config["eval_paths"]), **loop_config["eval_sets"]},
+                    eval_sets=non_empty({HELD_OUT: read_rows(loop_config["eval_paths"]), **loop_config["eval_sets"]}),
                     metrics_log=MetricLogger(**loop_config["mlflow"], rank=rank),
                     test_hooks=loop_config["test_hooks"])
-    worker.eval_sets = {name: rows for name, rows in worker.eval_sets.items() if rows}
     state = worker.resume()
     if state.step >= total_steps:  # a rerun of a finished run: nothing to train, report where it ended
         ray.train.report(state.metrics or {"step": state.step})
