@@ -1,8 +1,9 @@
 """Training data for the train stage: chat-template tokenisation, response-only loss masks (for any template),
 packing, batches.
 
-Plain functions over plain rows (``{"id", "messages"}`` dicts), so they run the same inside a Ray Train
-worker (rows from ``ray.train.get_dataset_shard``) and without Ray (rows from a Parquet file):
+Plain functions over plain rows (``{"id", "messages"}`` dicts) and the examples tokenised from them, so they
+run the same inside a Ray Train worker (examples from the prepared dataset, ``prepared.py``) and without Ray
+(rows from a Parquet file):
 
     from pipelines.train.data import tokenize_chat, pack_examples, batches
     examples = (tokenize_chat(row["messages"], tokenizer) for row in rows)
@@ -18,9 +19,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
-import queue
 import random
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -232,9 +231,14 @@ def batches(blocks: Iterable[Block], micro_batch_size: int) -> Iterator[dict]:
             pending = []
 
 
+def shard_key(row_id: str) -> int:
+    """A row's 64-bit stable hash: its id's, the same on every run, machine and Python process."""
+    return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:8], "big")
+
+
 def stable_shard(row_id: str, world_size: int) -> int:
-    """The rank that owns a row: a hash of its id, the same on every run, machine and Python process."""
-    return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:8], "big") % world_size
+    """The rank that owns a row: its ``shard_key`` modulo the number of ranks."""
+    return shard_key(row_id) % world_size
 
 
 def shard_rows(rows: Iterable[dict], rank: int, world_size: int) -> Iterator[dict]:
@@ -242,10 +246,10 @@ def shard_rows(rows: Iterable[dict], rank: int, world_size: int) -> Iterator[dic
     return (row for row in rows if world_size == 1 or stable_shard(row["id"], world_size) == rank)
 
 
-def shuffled(rows: Iterable[dict], seed: int, buffer_size: int = 1024) -> Iterator[dict]:
-    """A seeded streaming shuffle (a local buffer): the same seed gives the same order."""
+def shuffled(rows: Iterable[T], seed: int, buffer_size: int = 1024) -> Iterator[T]:
+    """A seeded streaming shuffle (a local buffer): the same seed gives the same order, whatever the items."""
     rng = random.Random(seed)
-    buffer: list[dict] = []
+    buffer: list[T] = []
     for row in rows:
         buffer.append(row)
         if len(buffer) >= buffer_size:
@@ -257,11 +261,19 @@ def shuffled(rows: Iterable[dict], seed: int, buffer_size: int = 1024) -> Iterat
 def train_batches(rows: Iterable[dict], tokenizer: PreTrainedTokenizerBase, *, seq_len: int, micro_batch_size: int,
                   rank: int = 0, world_size: int = 1, seed: int = 0, packing: bool = True,
                   responses_only: bool = True, stats: PackingStats | None = None) -> Iterator[dict]:
-    """Rows -> this rank's shard -> seeded shuffle -> tokenised -> packed -> micro-batches: one epoch."""
+    """Rows -> this rank's shard -> seeded shuffle -> tokenised -> packed -> micro-batches: one epoch.
+    (A training run reads the rows tokenised once, ``prepared.prepared_batches``: the same batches.)"""
     mine = shuffled(shard_rows(rows, rank, world_size), seed=seed)
     examples = (dataclasses.replace(tokenize_chat(row["messages"], tokenizer, responses_only), row_id=row["id"])
                 for row in mine)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return packed_batches(examples, seq_len=seq_len, micro_batch_size=micro_batch_size, pad_id=pad_id,
+                          packing=packing, stats=stats)
+
+
+def packed_batches(examples: Iterable[Example], *, seq_len: int, micro_batch_size: int, pad_id: int,
+                   packing: bool = True, stats: PackingStats | None = None) -> Iterator[dict]:
+    """Examples, in the order they come -> packed blocks -> micro-batches."""
     stats = stats if stats is not None else PackingStats()
     blocks = pack_examples(examples, seq_len, pad_id, packing=packing, stats=stats)
     return batches(refuse_all_dropped(blocks, stats, seq_len), micro_batch_size)
@@ -298,50 +310,3 @@ def grouped(batches: Iterable[T], size: int) -> Iterator[list[T]]:
         if len(group) == size:
             yield group
             group = []
-
-
-@dataclass
-class _Failed:
-    error: BaseException
-
-
-_DONE = object()
-
-
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Produce ``items`` on a background thread, up to ``depth`` ahead of the consumer, so the data feed
-    (Ray Data rows, tokenising, packing) overlaps the training step instead of adding to it. Order is kept;
-    an error in the producer is raised in the consumer; a consumer that stops early stops the producer."""
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            put(_Failed(err))
-
-    thread = threading.Thread(target=produce, name="raylora-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()

@@ -3,8 +3,9 @@
     raylora train configs/demo.yaml                          # reads <workdir>/curated/manifest.json
     raylora train configs/demo.yaml cluster.num_workers=2 train.deepspeed.stage=3 adapter.method=dora
 
-``train(cfg, manifest) -> TrainResult`` checks its inputs, opens an MLflow run, and runs a ``TorchTrainer``
-whose workers run ``worker.train_loop_per_worker``. Metrics leave the workers only through
+``train(cfg, manifest) -> TrainResult`` checks its inputs, prepares the dataset (the curated rows tokenised
+once, ``prepared.py``), opens an MLflow run, and runs a ``TorchTrainer`` whose workers run
+``worker.train_loop_per_worker``. Metrics leave the workers only through
 ``ray.train.report`` (so Ray Tune can wrap ``train``); rank 0 also logs each step to MLflow.
 
 A run is keyed by its name and fingerprint (``pipelines.fingerprint``: the result-shaping config and the
@@ -31,7 +32,8 @@ from pipelines.errors import ConfigError, StageError
 from pipelines.fingerprint import Fingerprint, record_last_run, train_fingerprint
 from pipelines.models import resolve_base_model
 from pipelines.train.checkpoint import ADAPTER_DIR
-from pipelines.train.preflight import check_cpus_for_the_data_feed, check_inputs, check_something_to_evaluate
+from pipelines.train.preflight import check_inputs, check_something_to_evaluate
+from pipelines.train.prepared import prepare_dataset
 from pipelines.train.worker import train_loop_per_worker
 
 # Test-only hooks, read only when TEST_HOOKS_ENV=1, which no user's run sets:
@@ -73,21 +75,25 @@ def read_eval_sets(paths: list[str]) -> dict[str, list[dict]]:
     return sets
 
 
-def open_mlflow_run(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fingerprint) -> str:
-    """The run's MLflow run: an unfinished one with the same run name and fingerprint is continued."""
+def open_mlflow_run(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fingerprint,
+                    parent_run_id: str | None = None) -> str:
+    """The run's MLflow run: an unfinished one with the same run name and fingerprint is continued; a tune
+    trial's run is nested under the search's run."""
+    nested = {tracking.PARENT_RUN_TAG: parent_run_id} if parent_run_id else {}
     return tracking.open_run(
         cfg.tracking_uri, cfg.tracking.experiment, cfg.run_name, "train", fingerprint=fingerprint.digest,
         tags={"train_hash": manifest.train_hash, "eval_hash": manifest.eval_hash, "base_model": cfg.model.base,
-              "base_revision": str(cfg.model.revision), "adapter_method": cfg.adapter.method},
+              "base_revision": str(cfg.model.revision), "adapter_method": cfg.adapter.method, **nested},
         params={k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("tune", "register")})
 
 
-def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None = None) -> TrainResult:
+def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None = None,
+          parent_run_id: str | None = None) -> TrainResult:
     """Train the adapter on Ray Train + DeepSpeed; returns the TrainResult (also written as JSON).
 
     Called by ``raylora train`` and by Ray Tune trials; every metric also goes through ``ray.train.report``.
     ``callbacks`` go to ``RunConfig(callbacks=...)``: a Tune trial passes Ray's ``TuneReportCallback`` so the
-    workers' reports reach the trial."""
+    workers' reports reach the trial, and ``parent_run_id`` nests the trial's MLflow run under the search's."""
     base_path = resolve_base_model(cfg.model.base)
     check_inputs(cfg, manifest, base_path)
     check_something_to_evaluate(cfg, manifest)
@@ -102,11 +108,11 @@ def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None 
         print(f"raylora train: {cfg.run_name} ({fingerprint.digest}) already finished at step "
               f"{result.metrics.get('step', 0):.0f}; its adapter: {result.adapter_path}", flush=True)
         return result
+    prepared_dir = prepare_dataset(cfg, manifest, base_path)  # tokenised once; every run and trial reads it
     ensure_ray(cfg)
     relay_worker_lines()  # rank 0's progress lines reach this terminal
-    check_cpus_for_the_data_feed(cfg)
-    mlflow_run_id = open_mlflow_run(cfg, manifest, fingerprint)
-    trainer = build_trainer(cfg, manifest, fingerprint, base_path, eval_sets, mlflow_run_id,
+    mlflow_run_id = open_mlflow_run(cfg, manifest, fingerprint, parent_run_id)
+    trainer = build_trainer(cfg, manifest, fingerprint, base_path, prepared_dir, eval_sets, mlflow_run_id,
                             [*(callbacks or []), worker_failure_lines(cfg.cluster.max_failures)])
     try:
         result = trainer.fit()
@@ -117,18 +123,16 @@ def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None 
 
 
 def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fingerprint, base_path: str,
-                  eval_sets: dict[str, list[dict]], mlflow_run_id: str, callbacks: list | None) -> Any:
-    """The ``TorchTrainer``: workers, the train data as a Ray Dataset, checkpoints kept by eval loss."""
-    import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+                  prepared_dir: Path, eval_sets: dict[str, list[dict]], mlflow_run_id: str,
+                  callbacks: list | None) -> Any:
+    """The ``TorchTrainer``: workers that read the prepared dataset, checkpoints kept by eval loss.
+
+    No Ray Dataset: every worker memory-maps the prepared file and keeps its rows by id hash, a deterministic
+    shard, so a resumed run skips exactly the batches it already trained on."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage = Path(cfg.cluster.storage_path or cfg.path("ray_results")).resolve()
-    data_context = ray.data.DataContext.get_current()
-    data_context.execution_options.preserve_order = True  # a resumed run must see the rows in the same order
-    data_context.enable_progress_bars = False
-    train_data = ray.data.read_parquet(manifest.train_paths, columns=["id", "messages"])
-
     worker_env = {"TOKENIZERS_PARALLELISM": "false"}
     if not cfg.cluster.use_gpu:
         worker_env["DS_ACCELERATOR"] = "cpu"
@@ -137,6 +141,7 @@ def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fi
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
             "base_path": base_path,
+            "prepared_dir": str(prepared_dir),
             "eval_paths": [str(Path(p).resolve()) for p in manifest.eval_paths] if cfg.train.eval else [],
             "eval_sets": eval_sets,
             "mlflow": {"tracking_uri": cfg.tracking_uri, "run_id": mlflow_run_id},
@@ -148,10 +153,6 @@ def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fi
                                   **({"GPU": cfg.cluster.gpus_per_worker} if cfg.cluster.use_gpu else {})},
             placement_strategy=cfg.cluster.placement_strategy,
         ),
-        # every worker reads the whole stream and keeps its rows by id hash: a deterministic shard, so a
-        # resumed run skips exactly the batches it already trained on
-        dataset_config=DataConfig(datasets_to_split=[]),
-        datasets={"train": train_data},
         run_config=RunConfig(
             name=f"{cfg.run_name}-{fingerprint.digest}", storage_path=str(storage),
             failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),

@@ -10,9 +10,11 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -153,16 +155,44 @@ def build_engine(cfg: RayloraConfig, total_steps: int, base_path: str | None = N
                   total_params=built.total_params)
 
 
-def train_step(engine: Any, micro_batches: list[dict]) -> float:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss.
+@dataclass
+class StepPhases:
+    """Seconds spent in each phase of the steps since the last reset: where a step's time goes."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - started)
+
+    def per_step_ms(self, steps: int) -> dict[str, float]:
+        """``time/<phase>_ms``: the mean milliseconds per step of each phase."""
+        return {f"time/{phase}_ms": 1000 * seconds / max(steps, 1) for phase, seconds in self.seconds.items()}
+
+
+def train_step(engine: Any, micro_batches: list[dict], phases: StepPhases | None = None) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss. ``phases`` adds up the
+    seconds of forward, backward (gradient reduction included, where ZeRO does it) and optimizer (DeepSpeed's
+    step: gradient reduction, clipping, the optimizer, the parameter update).
 
     No attention mask: with position ids that restart per packed example, transformers masks attention
     block-diagonally, so packed examples never see each other."""
+    phases = phases if phases is not None else StepPhases()
     engine.train()
-    total = 0.0
+    losses = []
     for batch in micro_batches:
-        loss = engine(**model_inputs(batch, engine.device), use_cache=False).loss
-        engine.backward(loss)
-        engine.step()
-        total += loss.item()
-    return total / len(micro_batches)
+        with phases.timed("forward"):
+            loss = engine(**model_inputs(batch, engine.device), use_cache=False).loss
+        with phases.timed("backward"):
+            engine.backward(loss)
+        with phases.timed("optimizer"):
+            engine.step()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean().item()  # one device-to-host sync per step, not one per micro-batch

@@ -86,20 +86,6 @@ def check_chat_template(cfg: RayloraConfig, manifest: DatasetManifest, base_path
         tokenize_chat(messages, tokenizer, cfg.train.train_on_responses_only)
 
 
-def check_cpus_for_the_data_feed(cfg: RayloraConfig) -> None:
-    """Ray Data's read tasks need a CPU beside the training workers, or the feed starves the step."""
-    import ray
-
-    workers_cpu = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker
-    cluster_cpu = ray.cluster_resources().get("CPU", 0.0)
-    if cluster_cpu - workers_cpu < 1.0:
-        raise ConfigError(
-            f"{cfg.cluster.num_workers} worker(s) x {cfg.cluster.cpus_per_worker} CPU leave no CPU for the Ray Data "
-            f"feed on this {cluster_cpu:g}-CPU cluster: set cluster.cpus_per_worker="
-            f"{max(cluster_cpu - 1.0, 0.0) / cfg.cluster.num_workers:g} or fewer cluster.num_workers"
-        )
-
-
 def check_something_to_evaluate(cfg: RayloraConfig, manifest: DatasetManifest) -> None:
     """A run that evaluates needs eval rows: an empty held-out split and no eval sets would rank checkpoints
     on a loss over nothing."""

@@ -1,11 +1,14 @@
 """One Ray Train worker: the training loop, written as the story it is.
 
-    build the engine -> resume from the latest checkpoint -> for each optimizer step:
+    open the prepared dataset -> build the engine -> resume from the latest checkpoint -> for each step:
         train, log, maybe evaluate, maybe checkpoint -> until total_steps
 
+The worker reads the prepared dataset (``prepared.py``: rows tokenised once by the driver) from its
+memory-mapped file: no tokenising and no Ray Data feed competes with the step for the worker's core.
 Metrics leave the worker through ``ray.train.report`` (so Ray Tune can wrap a run) and rank 0's metric
-logger; progress lines come from rank 0 only. The pieces it calls (``build_engine``, ``train_step``,
-``train_batches``, ``evaluate``) run without Ray too.
+logger; progress lines come from rank 0 only. Every log window also says where the step time went
+(``time/<phase>_ms``) and the throughput of all ranks together. The pieces it calls (``build_engine``,
+``train_step``, ``prepared_batches``, ``evaluate``) run without Ray too.
 """
 
 from __future__ import annotations
@@ -28,18 +31,11 @@ from pipelines.console import say
 from pipelines.errors import StageError
 from pipelines.tracking import MetricLogger
 from pipelines.train.checkpoint import load_checkpoint, report_checkpoint
-from pipelines.train.data import (
-    IGNORE_INDEX,
-    PackingStats,
-    grouped,
-    prefetch,
-    read_rows,
-    train_batches,
-    truncation_metrics,
-)
-from pipelines.train.engine import Engine, build_engine, quiet_libraries, train_step
+from pipelines.train.data import IGNORE_INDEX, PackingStats, grouped, read_rows, truncation_metrics
+from pipelines.train.engine import Engine, StepPhases, build_engine, quiet_libraries, train_step
 from pipelines.train.evaluate import evaluate
 from pipelines.train.packing_check import packing_isolates, stretch_schedule, without_packing
+from pipelines.train.prepared import PreparedRows, prepared_batches
 
 HELD_OUT = ""  # the name of the curated held-out split among the eval sets
 
@@ -60,22 +56,39 @@ class TrainState:
 
 @dataclass
 class LogWindow:
-    """Loss, tokens and step time since the last progress line."""
+    """Loss, tokens, wall time and where it went, since the last progress line. The wall clock runs through
+    everything the steps do (waiting for data, the step, logging) and leaves out evaluation and checkpoints."""
 
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
-    seconds: float = 0.0
+    phases: StepPhases = field(default_factory=StepPhases)
+    started: float = field(default_factory=time.perf_counter)
+    paused: float = 0.0  # seconds of evaluation and checkpointing inside the window
 
-    def add(self, loss: float, tokens: int, seconds: float) -> None:
+    def add(self, loss: float, tokens: int) -> None:
         self.losses.append(loss)
         self.tokens += tokens
-        self.seconds += seconds
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
 
     def close(self) -> dict[str, float]:
-        """The window's mean loss and throughput; the window starts over."""
-        summary = {"train_loss": sum(self.losses) / len(self.losses),
-                   "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
-        self.losses, self.tokens, self.seconds = [], 0, 0.0
+        """The window's mean loss, this rank's tokens/s, every rank's tokens over the window's wall time (the
+        slowest rank's: ranks step together), and the mean milliseconds per step of each phase. Every rank
+        must call it; the window starts over."""
+        import torch.distributed as dist
+
+        seconds = max(time.perf_counter() - self.started - self.paused, 1e-9)
+        tokens, slowest = torch.tensor([float(self.tokens)]), torch.tensor([seconds])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(tokens)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        steps = len(self.losses)
+        summary = {"train_loss": sum(self.losses) / steps, "tokens_per_s": self.tokens / seconds,
+                   "tokens_per_s_all_ranks": tokens.item() / slowest.item(),
+                   "time/step_ms": 1000 * seconds / steps, **self.phases.per_step_ms(steps)}
+        self.losses, self.tokens, self.phases = [], 0, StepPhases()
+        self.started, self.paused = time.perf_counter(), 0.0
         return summary
 
 
@@ -90,15 +103,20 @@ def peak_memory_mib(use_gpu: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def steps_per_epoch(rows: Any, tokenizer: Any, cfg: RayloraConfig, rank: int, world_size: int) -> int:
+def worker_threads(cfg: RayloraConfig) -> int:
+    """Threads for a CPU worker's matmuls: one per whole CPU it was given (at least one), so that workers on
+    one machine do not oversubscribe its cores."""
+    return max(1, int(cfg.cluster.cpus_per_worker))
+
+
+def steps_per_epoch(rows: PreparedRows, cfg: RayloraConfig, rank: int, world_size: int) -> int:
     """Optimizer steps in one epoch of this rank's shard, agreed on by every rank (the minimum), so that
-    all ranks stop each epoch together. A counting pass: tokenising is cheap next to training."""
+    all ranks stop each epoch together. A counting pass over the prepared rows: packing only."""
     import torch.distributed as dist
 
-    n = sum(1 for _ in train_batches(rows, tokenizer, seq_len=cfg.model.max_seq_len,
-                                     micro_batch_size=cfg.train.micro_batch_size, rank=rank, world_size=world_size,
-                                     seed=cfg.train.seed, packing=cfg.train.packing,
-                                     responses_only=cfg.train.train_on_responses_only))
+    n = sum(1 for _ in prepared_batches(rows, seq_len=cfg.model.max_seq_len,
+                                        micro_batch_size=cfg.train.micro_batch_size, rank=rank,
+                                        world_size=world_size, seed=cfg.train.seed, packing=cfg.train.packing))
     count = torch.tensor([n // cfg.train.grad_accum])
     if dist.is_initialized() and world_size > 1:
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
@@ -114,7 +132,7 @@ class Worker:
 
     cfg: RayloraConfig
     built: Engine
-    shard: Any  # ray.train.get_dataset_shard("train")
+    rows: PreparedRows  # every rank's rows; epoch_steps takes this rank's shard
     rank: int
     world_size: int
     steps_per_epoch: int | None  # None when train.max_steps sets the length instead of epochs
@@ -142,11 +160,10 @@ class Worker:
     def epoch_steps(self, state: TrainState) -> Iterator[list[dict[str, torch.Tensor]]]:
         """The micro-batch groups of ``state.epoch`` that are still to train (a resumed epoch skips the rest)."""
         t = self.cfg.train
-        batches = train_batches(self.shard.iter_rows(), self.built.tokenizer, seq_len=self.cfg.model.max_seq_len,
-                                micro_batch_size=t.micro_batch_size, rank=self.rank, world_size=self.world_size,
-                                seed=t.seed + state.epoch, packing=t.packing, responses_only=t.train_on_responses_only,
-                                stats=self.packing)
-        for index, group in enumerate(grouped(prefetch(batches), t.grad_accum)):
+        batches = prepared_batches(self.rows, seq_len=self.cfg.model.max_seq_len, micro_batch_size=t.micro_batch_size,
+                                   rank=self.rank, world_size=self.world_size, seed=t.seed + state.epoch,
+                                   packing=t.packing, stats=self.packing)
+        for index, group in enumerate(grouped(batches, t.grad_accum)):
             if self.steps_per_epoch is not None and index >= self.steps_per_epoch:
                 return
             if index >= state.batches_in_epoch:
@@ -197,31 +214,30 @@ def non_empty(eval_sets: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train worker. ``loop_config`` is plain data: {"cfg", "base_path", "eval_paths", "eval_sets",
-    "mlflow", "test_hooks"}."""
+    """One Ray Train worker. ``loop_config`` is plain data: {"cfg", "base_path", "prepared_dir", "eval_paths",
+    "eval_sets", "mlflow", "test_hooks"}."""
     import ray.train
 
     cfg = RayloraConfig.model_validate(loop_config["cfg"])
     quiet_libraries()
+    if not cfg.cluster.use_gpu:
+        torch.set_num_threads(worker_threads(cfg))
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    shard = ray.train.get_dataset_shard("train")
+    rows = PreparedRows.open(loop_config["prepared_dir"])
     per_epoch, total_steps = None, cfg.train.max_steps
     if total_steps is None:
-        from adapters.build import load_tokenizer
-
-        counting_tokenizer = load_tokenizer(cfg.model.model_copy(update={"base": loop_config["base_path"]}))
-        per_epoch = steps_per_epoch(shard.iter_rows(), counting_tokenizer, cfg, rank, world_size)
+        per_epoch = steps_per_epoch(rows, cfg, rank, world_size)
         total_steps = per_epoch * cfg.train.num_epochs
 
     built = build_engine(cfg, total_steps, loop_config["base_path"])
     if cfg.train.packing and not packing_isolates(built.model, built.tokenizer):
         cfg = without_packing(cfg, announce=rank == 0)
         if per_epoch is not None:  # an unpacked epoch holds more steps: recount, spread the schedule over them
-            per_epoch = steps_per_epoch(shard.iter_rows(), built.tokenizer, cfg, rank, world_size)
+            per_epoch = steps_per_epoch(rows, cfg, rank, world_size)
             total_steps = per_epoch * cfg.train.num_epochs
             stretch_schedule(built.engine, cfg, total_steps)
-    worker = Worker(cfg=cfg, built=built, shard=shard,
+    worker = Worker(cfg=cfg, built=built, rows=rows,
                     rank=rank, world_size=world_size, steps_per_epoch=per_epoch, total_steps=total_steps,
                     eval_sets=non_empty({HELD_OUT: read_rows(loop_config["eval_paths"]), **loop_config["eval_sets"]}),
                     metrics_log=MetricLogger(**loop_config["mlflow"], rank=rank),
@@ -239,36 +255,43 @@ def train_until_done(worker: Worker, state: TrainState) -> None:
     """Epoch after epoch until ``total_steps``: each step trains, logs, and maybe evaluates and checkpoints."""
     t, start_step = worker.cfg.train, state.step
     window = LogWindow()
-    # throughput counts the data feed and the step, not eval or checkpoint time: the clock runs from the end
-    # of one step's bookkeeping to the end of the next step
-    clock = time.perf_counter()
     while state.step < worker.total_steps:
         fresh_epoch, produced = state.batches_in_epoch == 0, False
-        for group in worker.epoch_steps(state):
+        steps = worker.epoch_steps(state)
+        while True:
+            with window.phases.timed("data"):
+                group = next(steps, None)
+            if group is None:
+                break
             produced = True
-            loss = train_step(worker.built.engine, group)
+            loss = train_step(worker.built.engine, group, window.phases)
             step_tokens = sum(int(b["input_ids"].numel()) for b in group)  # every position the model computed
-            window.add(loss, step_tokens, time.perf_counter() - clock)
+            window.add(loss, step_tokens)
             state.step, state.batches_in_epoch, state.tokens = (state.step + 1, state.batches_in_epoch + 1,
                                                                 state.tokens + step_tokens)
-            lr = worker.built.engine.get_lr()[0]
-            loss_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in group)
-            worker.metrics_log.log_dict({"train_loss": loss, "lr": lr, "loss_tokens": loss_tokens}, state.step)
-            worker.after_step(state, group, start_step)
+            with window.phases.timed("logging"):
+                lr = worker.built.engine.get_lr()[0]
+                loss_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in group)
+                worker.metrics_log.log_dict({"train_loss": loss, "lr": lr, "loss_tokens": loss_tokens}, state.step)
+                worker.after_step(state, group, start_step)
 
             last = state.step >= worker.total_steps
             if state.step % t.log_every == 0 or last:
-                state.metrics = {"step": state.step, "epoch": state.epoch, **window.close(), "lr": lr,
+                closed_at = time.perf_counter()
+                summary = window.close()
+                state.metrics = {"step": state.step, "epoch": state.epoch, **summary, "lr": lr,
                                  "packing_efficiency": worker.packing.efficiency,
                                  **truncation_metrics(worker.packing),
                                  "peak_memory_mib": peak_memory_mib(worker.cfg.cluster.use_gpu),
-                                 "resumed_from_step": start_step}
-                worker.metrics_log.log("tokens_per_s", state.metrics["tokens_per_s"], state.step)
+                                 "threads": torch.get_num_threads(), "resumed_from_step": start_step}
+                worker.metrics_log.log_dict({k: v for k, v in summary.items() if k != "train_loss"}, state.step)
                 if worker.is_main:
                     progress(f"step {state.step}/{worker.total_steps} loss {state.metrics['train_loss']:.4f} "
-                             f"lr {lr:.2e} {state.metrics['tokens_per_s']:.0f} tok/s")
+                             f"lr {lr:.2e} {state.metrics['tokens_per_s_all_ranks']:.0f} tok/s")
+                window.phases.add("logging", time.perf_counter() - closed_at)  # falls in the next window
             checkpoint_now = state.step % t.checkpoint_every == 0 or last
             evaluate_now = t.eval and (state.step % t.eval_every == 0 or checkpoint_now)
+            paused_at = time.perf_counter()
             if evaluate_now:
                 evaluated = worker.evaluate()
                 state.metrics = {**state.metrics, "step": state.step, **evaluated}
@@ -286,7 +309,7 @@ def train_until_done(worker: Worker, state: TrainState) -> None:
                 ray.train.report(state.metrics)
             if last:
                 return
-            clock = time.perf_counter()
+            window.pause(time.perf_counter() - paused_at)  # evaluation and checkpoints are not step time
         if fresh_epoch and not produced:
             raise StageError(f"rank {worker.rank} got no full batch from the train data: "
                              "lower train.micro_batch_size")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -14,7 +12,6 @@ from pipelines.train.data import (
     PackingStats,
     batches,
     pack_examples,
-    prefetch,
     shard_rows,
     shuffled,
     stable_shard,
@@ -112,30 +109,3 @@ def test_train_batches_end_to_end(tokenizer):
     out = list(train_batches(rows, tokenizer, seq_len=64, micro_batch_size=2, stats=stats))
     assert out and all(b["input_ids"].shape == (2, 64) for b in out)
     assert 0.8 < stats.efficiency <= 1.0
-
-
-def test_prefetch_keeps_order_raises_producer_errors_and_stops_with_the_consumer():
-    assert list(prefetch(range(100), depth=3)) == list(range(100))
-
-    def broken():
-        yield 1
-        raise RuntimeError("bad row")
-
-    with pytest.raises(RuntimeError, match="bad row"):
-        list(prefetch(broken()))
-    produced = []
-
-    def endless():
-        i = 0
-        while True:
-            produced.append(i)
-            yield i
-            i += 1
-
-    first = prefetch(endless(), depth=2)
-    assert [next(first) for _ in range(3)] == [0, 1, 2]
-    first.close()
-    time.sleep(0.5)
-    stopped_at = len(produced)
-    time.sleep(0.3)
-    assert len(produced) == stopped_at <= 6, "the producer stops once the consumer is gone"
