@@ -99,9 +99,13 @@ class TuneResult(Artifact):
 
     metric: str
     mode: str
+    # each: trial_id, params, metrics (the last reported), steps, stopped_early, error, train_result
     trials: list[dict[str, Any]]
     best_trial: dict[str, Any]
     best_train_result: str  # path of the best trial's TrainResult JSON
+    fingerprint: str = ""  # of the search: the base run's fingerprint plus the tune section
+    mlflow_run_id: str = ""  # the search's parent run; each trial's run is nested under it
+    plots: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +114,20 @@ class Registration(Artifact):
 
     model_name: str
     version: str
-    aliases: list[str]
-    promoted: bool
-    reason: str
+    aliases: list[str]  # the aliases the version holds now
+    promoted: bool  # whether `champion` moved to this version
+    reason: str  # the gate's (or the person's) reason, as recorded on the version
+    champion_version: str | None = None  # the champion after the decision
+    gate_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # measured on the gate set
+    source: str | None = None  # the TrainResult or TuneResult JSON the adapter came from
 
 
 MANIFEST_FILE = "manifest.json"
+
+
+def tune_result_path(cfg: RayloraConfig) -> Path:
+    """Where the search writes its TuneResult and registration looks for it."""
+    return cfg.path("tune", cfg.run_name, "tune_result.json")
 
 
 def curated_manifest_path(cfg: RayloraConfig) -> Path:

@@ -3,6 +3,8 @@
     raylora demo-assets configs/demo.yaml        # sample data + the offline tiny model
     raylora curate configs/demo.yaml             # Ray Data curation -> curated/manifest.json
     raylora train configs/demo.yaml adapter.r=16 # Ray Train + DeepSpeed adapter training
+    raylora register configs/demo.yaml           # MLflow registry: new version, gated alias champion
+    raylora promote configs/demo.yaml 3 --reason "..."   # raylora rollback configs/demo.yaml
     raylora run configs/demo.yaml                # every stage in order
 
 Exit codes: 0 ok, 1 a stage failed, 2 usage or config error.
@@ -53,7 +55,16 @@ def cmd_curate(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_tune(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    return _not_built("tune")
+    """Search ``tune.search_space`` on the curated manifest; rerun after a crash to restore the search."""
+    from pipelines.artifacts import tune_result_path
+    from pipelines.tune import check_search, tune
+
+    check_search(cfg)
+    result = tune(cfg, read_curated_manifest(cfg, args.config))
+    print(f"tune result  {tune_result_path(cfg).resolve()}")
+    print(f"best trial   {result.best_trial['trial_id']} {result.best_trial['params']}")
+    print(f"mlflow run   {result.mlflow_run_id} ({cfg.tracking_uri})")
+    return EXIT_OK
 
 
 def cmd_train(cfg: RayloraConfig, args: argparse.Namespace) -> int:
@@ -73,18 +84,53 @@ def cmd_train(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_register(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    return _not_built("register")
+    """Register the adapter of the search (or of run_name's train run, or ``--from PATH``) and gate ``champion``.
+    ``raylora run`` reaches it as the stage after train with no ``--from``."""
+    from pipelines.register import register
+
+    done = register(cfg, getattr(args, "source", None))
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(done.gate_metrics.items()))
+    print(f"registered {done.model_name} version {done.version} from {done.source} ({metrics})")
+    if done.promoted:
+        print(f"{cfg.register.champion_alias}: version {done.version} ({done.reason})")
+    else:
+        print(f"{cfg.register.champion_alias} stays {f'version {done.champion_version}' if done.champion_version else 'unset'}"
+              f": {done.reason}")
+    print(f"aliases of version {done.version}: {', '.join(done.aliases)}  ({cfg.register.registry_uri or cfg.tracking_uri})")
+    return EXIT_OK
+
+
+def cmd_promote(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    """Point ``champion`` at VERSION (a number or an alias): gated unless --force, the reason recorded."""
+    from pipelines.register import promote
+
+    done = promote(cfg, args.version, args.reason, force=args.force)
+    print(f"{cfg.register.champion_alias} of {done.model_name}: version {done.version} ({done.reason})")
+    return EXIT_OK
+
+
+def cmd_rollback(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    """Point ``champion`` back at the previous champion."""
+    from pipelines.register import rollback
+
+    done = rollback(cfg, args.reason)
+    print(f"{cfg.register.champion_alias} of {done.model_name}: version {done.version} ({done.reason})")
+    return EXIT_OK
 
 
 def cmd_run(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    """Every stage in order; a stage that is not built yet says what it will do and is skipped."""
+    """Every stage in order: curate, then tune (when ``tune.enabled``; its best trial is the adapter) or one
+    train run, then register; a stage that is not built yet says so and is skipped."""
     from pipelines.demo import needs_demo_assets
 
     if needs_demo_assets(cfg):
         cmd_demo_assets(cfg, args)
+    searching = cfg.tune.enabled and not args.skip_tune
     for stage in STAGES:
-        if stage == "tune" and args.skip_tune:
+        if stage == "tune" and not searching:
             continue
+        if stage == "train" and searching:
+            continue  # the search's best trial is the trained adapter
         print(f"== {stage}: {STAGE_SUMMARY[stage]}")
         code = COMMANDS[stage][0](cfg, args)
         if code == EXIT_USAGE:
@@ -145,11 +191,15 @@ def cmd_bench(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     if args.what in ("curate", "all"):
         from pipelines.bench.curate import run_bench
 
-        run_bench(cfg)
+        run_bench(cfg, sizes=args.sizes)
     if args.what in ("train", "all"):
         from pipelines.bench.train import bench_train
 
         print(bench_train(cfg, args.config))
+    if args.what in ("tune", "all"):
+        from pipelines.bench.tune import bench_tune
+
+        print(bench_tune(cfg, args.config))
     return EXIT_OK
 
 
@@ -167,13 +217,27 @@ COMMANDS: dict[str, tuple[Handler, str]] = {
     "tune": (cmd_tune, STAGE_SUMMARY["tune"]),
     "train": (cmd_train, STAGE_SUMMARY["train"]),
     "register": (cmd_register, STAGE_SUMMARY["register"]),
+    "promote": (cmd_promote, "point alias champion at a registered version (gated unless --force), with a reason"),
+    "rollback": (cmd_rollback, "point alias champion back at the previous champion"),
     "run": (cmd_run, "all stages in order: curate, tune, train, register"),
     "submit": (cmd_submit, "submit this config as a Ray Job to a running cluster (Ray Jobs API)"),
     "plan": (cmd_plan, "print the memory plan (params, bytes per GPU by ZeRO stage) as JSON"),
-    "bench": (cmd_bench, "benchmarks: curate | train | all, measured side by side"),
+    "bench": (cmd_bench, "benchmarks: curate | train | tune | all, measured side by side"),
     "demo-assets": (cmd_demo_assets, "write the sample data and build the offline tiny base model"),
     "config": (cmd_show_config, "print the fully resolved config (defaults and overrides applied)"),
 }
+
+
+def row_counts(text: str) -> tuple[int, ...]:
+    """``--sizes``: comma-separated positive row counts."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive row counts separated by commas, e.g. 50000,200000; "
+                                         f"got {text!r}")
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,15 +250,27 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if name == "bench":
-            cmd.add_argument("what", choices=["curate", "train", "all"], help="which benchmark to run")
+            cmd.add_argument("what", choices=["curate", "train", "tune", "all"], help="which benchmark to run")
+            cmd.add_argument("--sizes", default="50000,200000,1000000", type=row_counts,
+                             help="curate: rows of each throughput point, comma-separated (e.g. 50000 for a quick run)")
         cmd.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/demo.yaml")
+        if name == "promote":
+            cmd.add_argument("version", metavar="VERSION", help="the version to promote: a number or an alias")
         cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. adapter.r=16")
         if name == "run":
-            cmd.add_argument("--skip-tune", action="store_true", help="train once with the config as given")
+            cmd.add_argument("--skip-tune", action="store_true", help="train once with the config as given, even when tune.enabled is true")
         if name == "plan":
             cmd.add_argument("--model-config", help="a Hugging Face config.json to plan for, no weights needed")
             cmd.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory of one GPU")
             cmd.add_argument("--num-gpus", type=int, default=None, help="defaults to cluster.num_workers")
+        if name == "register":
+            cmd.add_argument("--from", dest="source", metavar="PATH",
+                             help="a TrainResult or TuneResult JSON; default: the newest of run_name's")
+        if name == "promote":
+            cmd.add_argument("--reason", required=True, help="why, recorded on the version")
+            cmd.add_argument("--force", action="store_true", help="promote even when the gate does not hold")
+        if name == "rollback":
+            cmd.add_argument("--reason", help="why, recorded on the versions")
         if name == "submit":
             cmd.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265")
             cmd.add_argument("--no-wait", action="store_true", help="return once the job is submitted")

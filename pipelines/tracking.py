@@ -1,6 +1,7 @@
-"""The one module that talks to MLflow: runs, params, and the rank-aware metric logger.
+"""The one module that talks to MLflow: runs, params, the rank-aware metric logger, and the model registry.
 
     raylora train configs/demo.yaml      # the train stage opens, logs to and finishes its run through here
+    raylora register configs/demo.yaml   # the register stage logs the model and moves aliases through here
     mlflow ui --backend-store-uri sqlite:///.raylora/mlflow.db
 
 Stages never import ``mlflow`` themselves. A run is found by its raylora run name (tag ``raylora.run_name``):
@@ -10,6 +11,7 @@ strings (tracking URI, run id) cross Ray boundaries; each process builds its own
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -19,6 +21,7 @@ from typing import Any
 RUN_NAME_TAG = "raylora.run_name"
 FINGERPRINT_TAG = "raylora.fingerprint"
 STAGE_TAG = "raylora.stage"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow shows a run with it nested under that run
 MAX_PARAM_CHARS = 500  # MLflow rejects longer param values
 PARAMS_PER_BATCH = 100  # MLflow's log_batch limit for params
 
@@ -81,15 +84,33 @@ def fail_run(tracking_uri: str, run_id: str) -> None:
 
 def finish_run(tracking_uri: str, run_id: str, *, metrics: Mapping[str, float], step: int,
                artifacts: Mapping[str, Path] | None = None) -> None:
-    """Log the final metrics (as ``final_<name>``) and each ``artifact_path -> local dir``, then close the run."""
+    """Log the final metrics (as ``final_<name>``) and each ``artifact_path -> local dir or file``, then close
+    the run."""
     from mlflow.entities import Metric
 
     mlflow_client = client(tracking_uri)
     now = int(time.time() * 1000)
     mlflow_client.log_batch(run_id, metrics=[Metric(f"final_{k}", float(v), now, step) for k, v in metrics.items()])
-    for artifact_path, local_dir in (artifacts or {}).items():
-        mlflow_client.log_artifacts(run_id, str(local_dir), artifact_path=artifact_path)
+    for artifact_path, local in (artifacts or {}).items():
+        if Path(local).is_dir():
+            mlflow_client.log_artifacts(run_id, str(local), artifact_path=artifact_path)
+        else:
+            mlflow_client.log_artifact(run_id, str(local), artifact_path=artifact_path)
     mlflow_client.set_terminated(run_id, status="FINISHED")
+
+
+def child_runs(tracking_uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
+    """raylora run name -> run id of every run nested under ``parent_run_id``."""
+    runs = client(tracking_uri).search_runs(
+        [experiment_id(tracking_uri, experiment)], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'")
+    return {run.data.tags.get(RUN_NAME_TAG, run.info.run_id): run.info.run_id for run in runs}
+
+
+def mark_stopped_early(tracking_uri: str, run_id: str, step: int) -> None:
+    """A trial the search's scheduler stopped: KILLED, not FAILED, and tagged with the step it reached."""
+    mlflow_client = client(tracking_uri)
+    mlflow_client.set_tag(run_id, "raylora.stopped_early_at_step", str(step))
+    mlflow_client.set_terminated(run_id, status="KILLED")
 
 
 def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -131,3 +152,157 @@ class MetricLogger:
 
     def close(self) -> None:
         self.flush()
+
+
+class RegistryNotFound(LookupError):
+    """A registered model, version or alias that the registry does not hold."""
+
+
+def is_mlflow_error(err: BaseException, code: str) -> bool:
+    """Whether ``err`` is MLflow's error with ``code`` (e.g. RESOURCE_ALREADY_EXISTS), from a local store or a server."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and err.error_code == code
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """Create a local SQLite store once, under a file lock, in write-ahead-log mode.
+
+    Two processes opening a new store at once both try to create its tables; WAL lets readers and one writer
+    proceed together, so concurrent registrations wait (MLflow's busy timeout) instead of failing with
+    "database is locked"."""
+    import fcntl
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".create-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        from mlflow.tracking import MlflowClient
+
+        store_client = MlflowClient(uri, uri)
+        store_client.search_experiments(max_results=1)  # creates the tracking tables
+        store_client.search_registered_models(max_results=1)  # and the registry's
+        with sqlite3.connect(path, timeout=60) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
+def log_adapter_model(tracking_uri: str, run_id: str, *, model_code: Path, artifacts: Mapping[str, str],
+                      model_config: Mapping[str, Any], input_example: list[str], pip_requirements: list[str],
+                      params: Mapping[str, str]) -> str:
+    """Log a pyfunc model from code (MLflow 3's logged model, ``name="model"``) into ``run_id``; returns its
+    ``models:/<model_id>`` URI. Every artifact is uploaded before this returns."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    previous = mlflow.get_tracking_uri()  # the fluent API logs where the process-wide URI points: put it back after
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(model_code), artifacts=dict(artifacts),
+                model_config=dict(model_config), input_example=input_example, pip_requirements=pip_requirements,
+                params=dict(params))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return info.model_uri
+
+
+def create_run(tracking_uri: str, experiment: str, name: str, tags: Mapping[str, str]) -> str:
+    return client(tracking_uri).create_run(experiment_id(tracking_uri, experiment), run_name=name,
+                                           tags=dict(tags)).info.run_id
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client(tracking_uri).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+class Registry:
+    """The MLflow model registry behind ``registry_uri``: versions, their tags and aliases, model tags.
+
+    A name, version or alias the registry lacks raises ``RegistryNotFound`` with one line that says which."""
+
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri, self.registry_uri = tracking_uri, registry_uri or tracking_uri
+        prepare_sqlite_store(self.registry_uri)
+        self.client = MlflowClient(tracking_uri, self.registry_uri)
+
+    def register(self, name: str, model_uri: str, run_id: str, tags: Mapping[str, str]) -> str:
+        """A new version of ``name`` (created if missing) from the logged model ``models:/<model_id>``; returns
+        the version once the registry says it is READY."""
+        self.create_model(name, {})
+        model_id = model_uri.removeprefix("models:/")
+        # the logged model's own location, not models:/<id>: a SQLite registry would look that id up in the
+        # process-wide tracking store rather than in this one
+        source = self.client.get_logged_model(model_id).artifact_location
+        created = self.client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags),
+                                                   model_id=model_id)
+        return str(created.version)
+
+    def registered_model(self, name: str) -> Any:
+        try:
+            return self.client.get_registered_model(name)
+        except Exception as err:
+            if is_mlflow_error(err, "RESOURCE_DOES_NOT_EXIST"):
+                raise RegistryNotFound(f"registered model {name!r} does not exist") from err
+            raise
+
+    def model_tags(self, name: str) -> dict[str, str]:
+        return dict(self.registered_model(name).tags)
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(name, key, value)
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        self.model_tags(name)  # a missing model is said as such, not as a missing version
+        try:
+            return dict(self.client.get_model_version(name, version).tags)
+        except Exception as err:
+            if is_mlflow_error(err, "RESOURCE_DOES_NOT_EXIST") or is_mlflow_error(err, "INVALID_PARAMETER_VALUE"):
+                raise RegistryNotFound(f"registered model {name!r} has no version {version!r}") from err
+            raise
+
+    def download_version(self, name: str, version: str, dst: Path) -> Path:
+        """The files of a version under ``dst``. Its download URI comes from this registry: MLflow itself
+        resolves ``models:/`` URIs against the process-wide registry, whatever registry it is given."""
+        from mlflow.artifacts import download_artifacts
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        source = self.client.get_model_version_download_uri(name, version)
+        return Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri))
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(name, version, key, value)
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version ``alias`` points at, or None when no version carries it."""
+        aliases = self.registered_model(name).aliases
+        return str(aliases[alias]) if alias in aliases else None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def create_model(self, name: str, tags: Mapping[str, str]) -> bool:
+        """Create ``name``; False when it already exists. The store's unique name makes this atomic, on a
+        server as on SQLite: the one compare-and-set the registry offers."""
+        try:
+            self.client.create_registered_model(name, tags=dict(tags))
+        except Exception as err:
+            if is_mlflow_error(err, "RESOURCE_ALREADY_EXISTS"):
+                return False
+            raise
+        return True
+
+    def delete_model(self, name: str) -> None:
+        try:
+            self.client.delete_registered_model(name)
+        except Exception as err:
+            if not is_mlflow_error(err, "RESOURCE_DOES_NOT_EXIST"):
+                raise

@@ -11,11 +11,17 @@ from pipelines.config.base import Section
 from pipelines.config.data import CurateConfig, DataConfig
 from pipelines.config.model import AdapterConfig, ModelConfig
 from pipelines.config.runs import ClusterConfig, RegisterConfig, TrackingConfig, TuneConfig
+from pipelines.config.search_space import check_search_space
 from pipelines.config.train import TrainConfig
 
 # The section is called `register` as users write it; the name shadows the harmless ABC classmethod
 # BaseModel.register, which pydantic warns about at class creation.
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+def eval_set_name(path: str) -> str:
+    """An eval set's short name, as ``register.gate_eval_set`` may give it: the file stem."""
+    return Path(path).stem
 
 
 class RayloraConfig(Section):
@@ -67,7 +73,34 @@ class RayloraConfig(Section):
                              "set train.export=last")
         if self.train.deepspeed.offload_params and self.train.deepspeed.stage != 3:
             raise ValueError("train.deepspeed.offload_params needs ZeRO stage 3: set train.deepspeed.stage=3")
+        gate_set = self.register.gate_eval_set
+        if gate_set is not None and gate_set not in {*self.data.eval_sets, *map(eval_set_name, self.data.eval_sets)}:
+            raise ValueError(
+                f"register.gate_eval_set={gate_set} is not one of data.eval_sets {self.data.eval_sets}: set it to "
+                "one of those paths (or its file stem), or add the file to data.eval_sets")
+        gate_path = self.gate_eval_set_path
+        if gate_path is not None and self.tune.metric.startswith(f"eval/{eval_set_name(gate_path)}/"):
+            raise ValueError(
+                f"tune.metric={self.tune.metric} selects trials on the gate set {gate_path}, so the gate would not be "
+                "an independent check: set register.gate_eval_set to another of data.eval_sets, or change tune.metric")
+        if self.tune.search == "grid" and any(
+                kind not in ("choice", "grid") for spec in self.tune.search_space.values() for kind in spec):
+            raise ValueError("tune.search=grid runs every combination, so every tune.search_space key needs "
+                             "{choice: [...]} or {grid: [...]}: use tune.search=random or tpe for ranges")
+        if self.tune.search == "tpe" and any("grid" in spec for spec in self.tune.search_space.values()):
+            raise ValueError("tune.search=tpe samples; it does not run grids: write {choice: [...]} instead of "
+                             "{grid: [...]} in tune.search_space, or set tune.search=grid")
+        check_search_space(type(self), self.model_dump(mode="json"), self.tune.search_space)
         return self
+
+    @property
+    def gate_eval_set_path(self) -> str | None:
+        """The file the promotion gate is measured on: ``register.gate_eval_set`` (a path or a stem of one of
+        ``data.eval_sets``), else the first of ``data.eval_sets``; None when there is none."""
+        gate_set = self.register.gate_eval_set
+        if gate_set is None:
+            return self.data.eval_sets[0] if self.data.eval_sets else None
+        return next(p for p in self.data.eval_sets if gate_set in (p, eval_set_name(p)))
 
     def path(self, *parts: str) -> Path:
         """A path under the run's workdir."""
