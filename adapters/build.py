@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from adapters.templates import BUILTIN_TEMPLATES, resolve_chat_template, use_chat_template
+from adapters.templates import resolve_chat_template
+from adapters.tokenizer import load_tokenizer
 from pipelines.config import TINY_MODEL, AdapterConfig, ModelConfig
 from pipelines.errors import ConfigError
 
@@ -126,22 +127,6 @@ def check_targets(model: torch.nn.Module, adapter_cfg: AdapterConfig) -> None:
             f"adapter.target_modules {missing} are not modules of {model.config.model_type}: "
             f"pick from its linear layers {linear_names}, or use adapter.target_modules=all-linear"
         )
-
-
-def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The base model's tokenizer with the chat template that renders every conversation (training, eval,
-    the saved adapter): ``model.chat_template`` when set, its missing special tokens added, else the model's
-    own. Pads with EOS when the model defines no pad token (Llama's does not)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_cfg.base, revision=model_cfg.revision,
-                                              trust_remote_code=model_cfg.trust_remote_code)
-    if model_cfg.chat_template is not None:
-        use_chat_template(tokenizer, model_cfg.chat_template)
-    elif not tokenizer.chat_template:
-        raise ConfigError(f"model.base={model_cfg.base} has no chat template (a base model): set "
-                          f"model.chat_template to one of {', '.join(BUILTIN_TEMPLATES)}, a Jinja string or a file")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def template_token_ids(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> list[int]:

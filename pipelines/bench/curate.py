@@ -1,14 +1,19 @@
 """Curation benchmark: quality on the labelled sample data, throughput and memory at scale.
 
-    raylora bench curate configs/demo.yaml      # quality table, then 50k and 200k rows (about 15 min on 2 cores)
+    raylora bench curate configs/demo.yaml                       # quality, then 50k, 200k and 1M rows
+    raylora bench curate configs/demo.yaml --sizes 50000         # a quick run: one small point
 
-1. Quality: curate the sample data (planted defects, labels.jsonl) and print, per kind, how many rows
-   were dropped (recall) and how many clean rows were kept; duplicate groups must keep exactly one row.
-2. Throughput: a generated dataset (default 200k rows, three formats, ~10% defects) curated on Ray Data
-   and by the same filters and dedup as one plain single-process Python loop (datasketch MinHash + LSH),
-   side by side in one run; rows/s of each and the ratio.
-3. Memory: peak RSS of the driver plus every Ray process it started, sampled while curating 50k and
-   200k rows (flat means streaming).
+1. Quality (pipelines/bench/curate_quality.py): the planted sample data and the hand-labelled realistic set,
+   per kind, rows dropped for their own reason (recall) and clean rows kept, dev and heldout apart; and
+   each filter's ms per row.
+2. Throughput: a generated dataset (three formats, ~10% defects) curated on Ray Data and by one plain
+   single-process Python loop, side by side in one run. The loop runs the very same per-row functions
+   on the same batches (readers, the filter chain with its batched tokenizer, rensa MinHash, the
+   integer-key dedup, the split), so the ratio compares the engines, not the primitives. Rows/s of
+   each, the ratio, and the seconds of each phase (read+filter, dedup, select, account, write).
+3. Memory: peak RSS of the driver plus every Ray process it started (raylet, GCS, workers), sampled
+   while Ray curates each size (flat means streaming). The loop runs in a process of its own, so its
+   memory never counts against Ray's.
 """
 
 from __future__ import annotations
@@ -17,72 +22,29 @@ import json
 import random
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cluster.runtime_env import ensure_ray
+from pipelines.bench.curate_quality import run_quality
 from pipelines.config import RayloraConfig
-from pipelines.curate.dedup import exact_key, jaccard, lsh_bands, shingles
-from pipelines.curate.filters import first_failure, length_model, token_limit
-from pipelines.curate.formats import MalformedRecord, canonical_row, malformed_row, parse_line
-from pipelines.curate.readers import source_name
-from pipelines.curate.reasons import EXACT_DUPLICATE, KEPT, NEAR_DUPLICATE
-from pipelines.curate.split import OUTPUT_SCHEMA
-from pipelines.curate.stage import DROPPED_SCHEMA, curate, filter_chain, load_eval_index
+from pipelines.curate.dedup import dedup_spec, find_duplicates, keeper_order, shingles
+from pipelines.curate.readers import chunk_items, plan_chunks, read_chunk_batch
+from pipelines.curate.reasons import KEPT
+from pipelines.curate.split import ROW_DIGEST, SPLIT_KEY, digest_hash, eval_cutoff, is_eval, output_tables
+from pipelines.curate.stage import DROPPED_SCHEMA, PHASES, chain_spec, curate, filter_batch, key_matrix
 from pipelines.demo import sample_data
 
 FORMATS = sample_data.FORMATS
 DEFECT_KINDS = sample_data.DEFECT_KINDS
-
-
-# --- 1. quality on the labelled sample data --------------------------------------------------------
-
-def quality_table(manifest_dropped: list[str], labels_path: str | Path) -> tuple[list[dict], dict[str, Any]]:
-    """Per planted kind: rows, dropped, recall; plus clean rows kept and duplicate groups with one survivor.
-    A label names a row by its own id, or by ``<file stem>:<line>`` (its key) when the line has none."""
-    dropped = {}
-    for path in manifest_dropped:
-        for row in pq.read_table(path, columns=["id", "user_id", "reason"]).to_pylist():
-            dropped[row["user_id"] or row["id"]] = row["reason"]
-    labels = sample_data.read_labels(labels_path)
-    by_kind: dict[str, list[dict]] = defaultdict(list)
-    for label in labels:
-        by_kind[label["kind"]].append(label)
-    table = []
-    for kind in (sample_data.CLEAN, *DEFECT_KINDS):
-        rows = by_kind.get(kind, [])
-        gone = sum(label["id"] in dropped for label in rows)
-        reasons = Counter(dropped[label["id"]] for label in rows if label["id"] in dropped)
-        rate = (len(rows) - gone) / len(rows) if kind == sample_data.CLEAN else gone / max(len(rows), 1)
-        table.append({"kind": kind, "rows": len(rows), "dropped": gone, "kept": len(rows) - gone, "rate": rate,
-                      "reasons": dict(reasons)})
-    groups: dict[str, list[str]] = defaultdict(list)
-    for label in labels:
-        if label["group"]:
-            groups[label["group"]].extend([label["id"]])
-    survivors = {group: [i for i in [group, *members] if i not in dropped] for group, members in groups.items()}
-    summary = {"duplicate_groups": len(groups),
-               "groups_keeping_exactly_one": sum(len(s) == 1 for s in survivors.values()),
-               "groups_keeping_the_original": sum(s == [g] for g, s in survivors.items())}
-    return table, summary
-
-
-def format_quality(table: list[dict], summary: dict[str, Any]) -> str:
-    lines = [f"  {'kind':<16} {'rows':>5} {'dropped':>8} {'kept':>5}  {'rate':>6}  reasons"]
-    for row in table:
-        label = "kept" if row["kind"] == sample_data.CLEAN else "recall"
-        lines.append(f"  {row['kind']:<16} {row['rows']:>5} {row['dropped']:>8} {row['kept']:>5}  "
-                     f"{row['rate']:>6.3f}  {label}; {row['reasons']}")
-    lines.append(f"  duplicate groups: {summary['duplicate_groups']}, keeping exactly one row: "
-                 f"{summary['groups_keeping_exactly_one']}, keeping the original: "
-                 f"{summary['groups_keeping_the_original']}")
-    return "\n".join(lines)
 
 
 # --- 2. generated data at scale ---------------------------------------------------------------------
@@ -109,15 +71,20 @@ def _clean_turns(rng: random.Random, i: int) -> list[tuple[str, str]]:
 
 
 def make_bench_data(out_dir: str | Path, rows: int, seed: int = 0, defect_every: int = 10) -> list[Path]:
-    """``rows`` lines over three format files: unique synthetic tasks plus the sample data's planted defects."""
+    """``rows`` lines over three format files: unique synthetic tasks plus the sample data's planted defects.
+    Written once per (rows, seed, defect_every): a later run reuses the files."""
     out = Path(out_dir)
+    paths = [out / f"{fmt}.jsonl" for fmt in FORMATS]
+    done = out / "complete.json"
+    recipe = {"rows": rows, "seed": seed, "defect_every": defect_every}
+    if done.is_file() and json.loads(done.read_text()) == recipe and all(p.is_file() for p in paths):
+        return paths
     out.mkdir(parents=True, exist_ok=True)
     planted_dir = out / "planted"
     sample_data.generate(planted_dir, seed=seed, n_clean=300, n_eval=50)
     planted = {fmt: [line for line in (planted_dir / f"{fmt}.jsonl").read_bytes().split(b"\n")[300 // 3:]
                      if line.strip()] for fmt in FORMATS}
     rng = random.Random(f"bench-{seed}")
-    paths = [out / f"{fmt}.jsonl" for fmt in FORMATS]
     handles = [path.open("wb") for path in paths]
     defects_written = Counter[str]()
     try:
@@ -137,6 +104,7 @@ def make_bench_data(out_dir: str | Path, rows: int, seed: int = 0, defect_every:
     finally:
         for handle in handles:
             handle.close()
+    done.write_text(json.dumps(recipe))
     return paths
 
 
@@ -148,81 +116,78 @@ def bench_config(base: RayloraConfig, paths: list[Path], eval_path: Path, workdi
     return RayloraConfig.model_validate(raw)
 
 
-def plain_loop_curate(cfg: RayloraConfig) -> dict[str, int]:
-    """The same reading, filters, decontamination and dedup as one single-process loop (datasketch LSH).
+def plain_loop_curate(raw_cfg: dict) -> dict[str, Any]:
+    """The whole curation as one single-process loop over the same functions: the same read chunks and
+    batches through ``filter_batch`` (readers, filter chain, batched tokenizer, rensa MinHash, split keys and
+    digests), ``find_duplicates`` over the same integer keys, the same split, dropped rows and hashes.
 
-    The yardstick for the Ray Data pipeline: what a careful script would do on one core.
+    The yardstick for the Ray Data pipeline: what a careful script would do on one core. Takes the config
+    as plain data (it runs in a process of its own); returns its counts, hashes and seconds per phase.
     """
-    from datasketch import MinHash
+    cfg = RayloraConfig.model_validate(raw_cfg)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    spec, dedup = chain_spec(cfg), dedup_spec(cfg.curate)
+    tables = [filter_batch(table, spec, dedup, cfg.seed) for item in chunk_items(plan_chunks(cfg.data.sources))
+              for table in read_chunk_batch({"chunk": [item["chunk"]]})]
+    rows = pa.concat_tables(tables)
+    seconds["read+filter"], start = time.perf_counter() - start, time.perf_counter()
 
-    settings = cfg.curate
-    chain = filter_chain(settings, length_model(cfg), token_limit(cfg), load_eval_index(cfg))
-    kept: dict[str, dict] = {}
-    dropped: list[dict] = []
-    for index, source in enumerate(cfg.data.sources):
-        name = source_name(source, index)
-        stem = Path(source.path).stem
-        with open(source.path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = canonical_row(parse_line(raw), name, source.format, dict(source.field_map),
-                                        f"{stem}:{number}")
-                except MalformedRecord as err:
-                    row = malformed_row(f"{stem}:{number}", name, str(err))
-                if row["reason"] == KEPT:
-                    messages = json.loads(row["messages"])
-                    row["reason"] = first_failure(messages, chain)
-                if row["reason"] != KEPT:
-                    dropped.append(row)
-                else:
-                    row["parsed"] = messages
-                    kept[row["id"]] = row
-    # exact dedup: the first row by (user id, key) per normalised text, as the Ray pipeline keeps
-    def first_kept(row_id: str) -> tuple[str, str]:
-        return kept[row_id]["user_id"] or "", row_id
+    kept = rows.filter(pc.equal(rows.column("reason"), KEPT))
+    dropped = rows.filter(pc.not_equal(rows.column("reason"), KEPT)).select(DROPPED_SCHEMA.names)
+    if dedup is not None:
+        order = keeper_order(kept.column("user_id"), kept.column("id"))
+        keys = key_matrix(kept.column("dedup_keys"))[order]
+        kept = kept.drop_columns(["dedup_keys"]).take(pa.array(order))
+        messages = kept.column("messages")
+        found = find_duplicates(keys, dedup, lambda positions: {
+            p: set(shingles(json.loads(messages[p].as_py()), dedup.shingle_words)) for p in positions.tolist()})
+        duplicates = kept.take(pa.array(found.rows, pa.int64()))
+        keepers = kept.column("id").take(pa.array(found.keepers, pa.int64())).to_pylist()
+        dropped = pa.concat_tables([dropped, pa.table({
+            "id": duplicates.column("id"), "user_id": duplicates.column("user_id"),
+            "source": duplicates.column("source"), "reason": pa.array(found.reasons(), pa.string()),
+            "detail": pa.array([f"duplicate of {keeper}" for keeper in keepers], pa.string())}, schema=DROPPED_SCHEMA)])
+        mask = np.ones(kept.num_rows, dtype=bool)
+        mask[found.rows] = False
+        kept = kept.filter(pa.array(mask))
+    seconds["dedup"], seconds["select"], start = time.perf_counter() - start, 0.0, time.perf_counter()
 
-    smallest: dict[int, str] = {}
-    for row_id in sorted(kept, key=first_kept):
-        key = exact_key(kept[row_id]["parsed"])
-        if key in smallest:
-            dropped.append({**kept.pop(row_id), "reason": EXACT_DUPLICATE})
-        else:
-            smallest[key] = row_id
-    # near dedup: datasketch MinHash, banded as in the Ray pipeline; in keeping order, the first row seen in
-    # a bucket is its keeper, and a row is a duplicate when it verifies against one of its buckets' keepers
-    bands, rows_per_band = lsh_bands(settings.near_dedup_threshold, settings.minhash_num_perm)
-    template = MinHash(num_perm=settings.minhash_num_perm)  # permutations made once, as a careful script would
-    first_in_bucket: dict[bytes, str] = {}
-    row_shingles: dict[str, list[str]] = {}
-    for row_id in sorted(kept, key=first_kept):
-        row_shingles[row_id] = shingles(kept[row_id]["parsed"], settings.shingle_words)
-        minhash = MinHash(num_perm=settings.minhash_num_perm, permutations=template.permutations,
-                          scheme=template.scheme)
-        minhash.update_batch([s.encode() for s in row_shingles[row_id]])
-        keepers = set()
-        for band in range(bands):
-            key = bytes([band]) + minhash.hashvalues[band * rows_per_band:(band + 1) * rows_per_band].tobytes()
-            keepers.add(first_in_bucket.setdefault(key, row_id))
-        keepers.discard(row_id)
-        if any(jaccard(row_shingles[row_id], row_shingles[k]) >= settings.near_dedup_threshold
-               for k in sorted(keepers)):
-            dropped.append({**kept.pop(row_id), "reason": NEAR_DUPLICATE})
     out = cfg.path("plain_loop")
     out.mkdir(parents=True, exist_ok=True)
-    kept_rows = [{"id": r["id"], "user_id": r["user_id"], "source": r["source"], "messages": r["parsed"]}
-                 for r in kept.values()]
-    pq.write_table(pa.Table.from_pylist(kept_rows, schema=OUTPUT_SCHEMA), out / "kept.parquet")
-    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in DROPPED_SCHEMA.names} for r in dropped],
-                                        schema=DROPPED_SCHEMA), out / "dropped.parquet")
-    return {"kept": len(kept_rows), "dropped": len(dropped)}
+    pq.write_table(dropped.cast(DROPPED_SCHEMA), out / "dropped.parquet")
+    counts = dropped.group_by("reason").aggregate([([], "count_all")])
+    ids, keys = kept.column("id").combine_chunks(), kept.column(SPLIT_KEY).to_numpy()
+    seconds["account"], start = time.perf_counter() - start, time.perf_counter()
+
+    num_eval = cfg.data.eval_size if cfg.data.eval_size is not None else round(kept.num_rows * cfg.data.eval_fraction)
+    num_eval = min(num_eval, kept.num_rows - 1)
+    cutoff = eval_cutoff(keys, ids, num_eval)
+    for split, part in zip(("train", "eval"), output_tables(kept, cfg.seed, cutoff), strict=True):
+        pq.write_table(part, out / f"{split}.parquet")
+    in_eval = pa.array(is_eval(keys, ids, cutoff))
+    digests = kept.column(ROW_DIGEST).combine_chunks()
+    hashes = {"train": digest_hash(digests.filter(pc.invert(in_eval))), "eval": digest_hash(digests.filter(in_eval))}
+    seconds["write"] = time.perf_counter() - start
+    return {"read": rows.num_rows, "kept": kept.num_rows, "dropped": dropped.num_rows, "hashes": hashes,
+            "dropped_by_reason": {reason: int(n) for reason, n in zip(
+                counts.column("reason").to_pylist(), counts.column("count_all").to_pylist(), strict=True)},
+            "seconds": seconds}
+
+
+def run_plain_loop(cfg: RayloraConfig) -> dict[str, Any]:
+    """``plain_loop_curate`` in a fresh process, timed there (its imports and tokenizer load included)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(plain_loop_curate, cfg.model_dump(mode="json")).result()
 
 
 # --- 3. memory ---------------------------------------------------------------------------------------
 
 def _tree_rss() -> int:
-    """RSS of this process and every process it started (Ray's raylet, object store, workers)."""
+    """RSS of this process and every process it started (Ray's raylet, GCS, object store, workers)."""
     import psutil
 
     me = psutil.Process()
@@ -255,7 +220,11 @@ def peak_rss() -> Iterator[dict[str, int]]:
         thread.join()
 
 
-def run_bench(cfg: RayloraConfig, sizes: tuple[int, ...] = (50_000, 200_000)) -> dict[str, Any]:
+def format_phases(seconds: dict[str, float]) -> str:
+    return " ".join(f"{phase} {seconds.get(phase, 0.0):.1f}" for phase in PHASES)
+
+
+def run_bench(cfg: RayloraConfig, sizes: tuple[int, ...] = (50_000, 200_000, 1_000_000)) -> dict[str, Any]:
     """Every curation benchmark, printed as it goes; returns the numbers."""
     ensure_ray(cfg)
     root = cfg.path("bench", "curate")
@@ -263,31 +232,33 @@ def run_bench(cfg: RayloraConfig, sizes: tuple[int, ...] = (50_000, 200_000)) ->
 
     data = sample_data.generate(root / "sample", seed=cfg.seed)
     quality_cfg = bench_config(cfg, [data[f] for f in FORMATS], data["eval"], root / "quality")
-    manifest = curate(quality_cfg, quiet=True)
-    table, summary = quality_table(manifest.dropped_paths, data["labels"])
-    print("== curation quality on the labelled sample data")
-    print(format_quality(table, summary))
-    results["quality"] = {"table": table, **summary}
+    # curating the sample first also starts Ray's workers: every size below finds them warm
+    results["quality"] = run_quality(cfg, root, quality_cfg, data)
 
-    print("== curation throughput and memory (Ray Data vs one plain Python loop, same filters and dedup)")
+    print("== curation throughput and memory (Ray Data vs one plain Python loop, the same functions)")
     results["scale"] = []
     for rows in sizes:
         paths = make_bench_data(root / f"data-{rows}", rows, seed=cfg.seed)
         scale_cfg = bench_config(cfg, paths, data["eval"], root / f"run-{rows}")
+        ray_phases: dict[str, float] = {}
         with peak_rss() as memory:
             start = time.perf_counter()
-            manifest = curate(scale_cfg, quiet=True)
+            manifest = curate(scale_cfg, quiet=True, phase_seconds=ray_phases)
             ray_s = time.perf_counter() - start
-        start = time.perf_counter()
-        loop = plain_loop_curate(scale_cfg)
-        loop_s = time.perf_counter() - start
+        loop = run_plain_loop(scale_cfg)
+        loop_s = sum(loop["seconds"].values())
+        same = (manifest.num_kept, manifest.train_hash, manifest.eval_hash) == (
+            loop["kept"], loop["hashes"]["train"], loop["hashes"]["eval"])
         entry = {"rows": rows, "ray_s": ray_s, "ray_rows_per_s": rows / ray_s, "loop_s": loop_s,
-                 "loop_rows_per_s": rows / loop_s, "speedup": loop_s / ray_s,
-                 "ray_kept": manifest.num_kept, "loop_kept": loop["kept"],
-                 "peak_rss_gib": memory["peak"] / 2 ** 30, "idle_rss_gib": memory["idle"] / 2 ** 30}
+                 "loop_rows_per_s": rows / loop_s, "speedup": loop_s / ray_s, "ray_kept": manifest.num_kept,
+                 "loop_kept": loop["kept"], "same_output": same, "ray_phases": ray_phases,
+                 "loop_phases": loop["seconds"], "peak_rss_gib": memory["peak"] / 2 ** 30,
+                 "idle_rss_gib": memory["idle"] / 2 ** 30}
         results["scale"].append(entry)
-        print(f"  {rows:>7} rows: ray {entry['ray_rows_per_s']:>7.0f} rows/s ({ray_s:.1f} s), plain loop "
+        print(f"  {rows:>8} rows: ray {entry['ray_rows_per_s']:>7.0f} rows/s ({ray_s:.1f} s), plain loop "
               f"{entry['loop_rows_per_s']:>7.0f} rows/s ({loop_s:.1f} s), ratio {entry['speedup']:.2f}x; "
-              f"kept ray {manifest.num_kept} / loop {loop['kept']}; peak RSS {entry['peak_rss_gib']:.2f} GiB "
-              f"(idle {entry['idle_rss_gib']:.2f} GiB)")
+              f"kept ray {manifest.num_kept} / loop {loop['kept']} ({'same rows' if same else 'DIFFERENT rows'}); "
+              f"peak RSS {entry['peak_rss_gib']:.2f} GiB (idle {entry['idle_rss_gib']:.2f} GiB)")
+        print(f"  {'':>8}  seconds per phase: ray  {format_phases(ray_phases)}")
+        print(f"  {'':>8}                     loop {format_phases(loop['seconds'])}")
     return results

@@ -19,6 +19,14 @@ class DataSource(Section):
     field_map: dict[str, str] = Field(
         default_factory=dict, description="canonical field -> field in this source")
     split: str = Field("train", description="split read from an hf:// dataset; files ignore it")
+    max_rows: int | None = Field(
+        None, ge=1,
+        description="keep at most this many of this source's rows that pass dedup and the filters (a fixed, "
+        "seeded pick; the rest are dropped as over_source_cap); null keeps all")
+    weight: float | None = Field(
+        None, gt=0.0,
+        description="this source's share of the kept rows, relative to the other sources' weights (set it on "
+        "every source or none); rows beyond the share are dropped (over_source_weight), none repeated")
 
 
 class DataConfig(Section):
@@ -35,6 +43,16 @@ class DataConfig(Section):
     tokenizer: str | None = Field(
         None, description="tokenizer path or id whose chat template (or model.chat_template) renders the rows "
         "curation counts tokens of; null uses model.base")
+
+    @field_validator("sources")
+    @classmethod
+    def _weights_on_every_source_or_none(cls, sources: list[DataSource]) -> list[DataSource]:
+        weighted = [source.weight is not None for source in sources]
+        if any(weighted) and not all(weighted):
+            unweighted = [source.name or source.path for source, has in zip(sources, weighted, strict=True) if not has]
+            raise ValueError(f"weight is set on some sources but not on {', '.join(unweighted)}: a weight is a "
+                             "share of the mix, so set data.sources[*].weight on every source or on none")
+        return sources
 
 
 class CurateConfig(Section):
@@ -70,6 +88,28 @@ class CurateConfig(Section):
         60, ge=0, description="shorter texts are not judged: language id is noise there")
     language_min_confidence: float = Field(
         0.9, gt=0.0, le=1.0, description="langid probability a row needs before its language can drop it")
+    drop_placeholders: bool = Field(
+        True, description="drop answers that are lorem ipsum or a TODO / [insert ...] stand-in (placeholder)")
+    min_echo_overlap: float | None = Field(
+        0.7, gt=0.0, le=1.0,
+        description="an answer whose words come from its prompt and restate its instruction, both at least "
+        "this fraction, only echoes it (echoed_prompt); null is off")
+    max_non_word_fraction: float | None = Field(
+        0.5, gt=0.0, le=1.0,
+        description="English answers with more of their letters in non-words (not in wordfreq's list nor "
+        "spelt like English: keyboard mashing) are dropped (non_words); null is off")
+    open_answer_min_words: int | None = Field(
+        4, ge=1,
+        description="an open instruction (explain, describe, write, compare, list, ...) answered in fewer "
+        "words is dropped (inadequate_answer); closed questions may have one-word answers; null is off")
+    refusal_classifier_threshold: float | None = Field(
+        0.6, gt=0.0, lt=1.0,
+        description="English answers the refusal classifier (MiniLM embeddings) scores at this probability "
+        "or above are refusals or AI boilerplate (classified_refusal); null is off")
+    min_answer_relatedness: float | None = Field(
+        0.2, ge=-1.0, le=1.0,
+        description="English answers sharing no content word with their prompt and with MiniLM cosine "
+        "similarity to it below this are unrelated (unrelated_answer); null is off")
     exact_dedup: bool = Field(
         True, description="drop rows whose lower-cased, whitespace-collapsed text equals a kept row's")
     near_dedup_threshold: float | None = Field(

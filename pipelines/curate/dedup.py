@@ -1,44 +1,40 @@
-"""Deduplication on Ray Data: exact duplicates and MinHash/LSH near duplicates, verified.
+"""Deduplication: exact duplicates and MinHash/LSH near duplicates, verified, in transitive clusters.
 
     raylora curate configs/demo.yaml curate.near_dedup_threshold=0.8
 
-Dedup runs across the whole dataset without gathering it into one process:
-  1. every kept row emits its bucket keys: one exact key (hash of the normalised conversation) and,
-     for near dedup, one key per LSH band of its MinHash signature over word shingles;
-  2. a sort on the key pairs every row with the first row of each bucket it shares: the smallest user id,
-     then the smallest internal key (rows without a user id first);
-  3. a shuffle on the keeper attaches the keeper's text to each pair, and a shuffle on the row id
-     brings each row together with its candidate pairs, which are verified (equal normalised text, or
-     exact shingle Jaccard >= threshold): a verified row is a duplicate of its smallest verified keeper
-     (``exact_duplicate`` when the text is equal, else ``near_duplicate``).
+Two steps, so that no full row is ever sorted or shuffled:
+  1. in the read pass, where each conversation is parsed anyway, every row that passed the filters gets
+     its bucket keys (``dedup_keys``): one exact key (a 64-bit hash of the normalised conversation) and,
+     for near dedup, one key per LSH band of its MinHash signature over word shingles (rensa, in Rust);
+  2. ``find_duplicates`` then works on those integer keys alone, with the rows numbered in keeper order
+     (the smallest user id, then the smallest internal key; rows without a user id first): rows with
+     equal exact keys collapse onto their first row; among those first rows, rows sharing an LSH bucket
+     are candidate pairs (each with the bucket's first row and with the row before it in the bucket),
+     verified by the exact Jaccard of their shingle sets (only these rows' texts are read); verified
+     pairs join clusters (union-find), and each cluster keeps its first row. Clusters are transitive:
+     a~b and b~c keep one of the three even when a and c are not close.
+A duplicate is ``exact_duplicate`` when its exact key equals its keeper's, else ``near_duplicate``.
 Rows are told apart by their internal key (``id``: source file and position), never by the user's id, so
-two identical rows always meet, and rows that merely share a user id never do. Each cluster keeps its
-first row by (user id, key), deterministically. In a chain a~b~c where a and c are not close, c stays when
-no bucket pairs it with b as the first member; such chains are rare at threshold 0.7.
+two identical rows always meet, and rows that merely share a user id never do. Equal exact keys are taken
+as equal text: two different texts share a 64-bit key with probability ~3e-8 in a million rows.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from pipelines.curate.filters import words
 from pipelines.curate.reasons import EXACT_DUPLICATE, NEAR_DUPLICATE
 
-MERSENNE_PRIME = np.uint64((1 << 61) - 1)
-MAX_HASH = np.uint64((1 << 32) - 1)
-KEY_SCHEMA = pa.schema([("key", pa.int64()), ("id", pa.string()), ("rank", pa.string()), ("kind", pa.string())])
-EXACT, NEAR = "exact", "near"  # which kind of bucket key paired two rows
-DUPLICATE_REASON = {EXACT: EXACT_DUPLICATE, NEAR: NEAR_DUPLICATE}
+MINHASH_SEED = 1
+KEYS_TYPE = pa.list_(pa.int64())
 
 
 def normalised_text(messages: Sequence[dict[str, str]]) -> str:
@@ -59,29 +55,17 @@ def shingles(messages: Sequence[dict[str, str]], k: int) -> list[str]:
     return [" ".join(tokens[i:i + k]) for i in range(len(tokens) - k + 1)]
 
 
-@dataclass(frozen=True)
-class MinHasher:
-    """MinHash over 32-bit shingle hashes with datasketch's permutation scheme (a*h + b mod 2^61-1)."""
+def minhash_signatures(shingle_lists: Sequence[Sequence[str]], num_perm: int) -> np.ndarray:
+    """(rows, num_perm) uint32 MinHash signatures, a batch at a time in rensa (Rust)."""
+    from itertools import chain
 
-    num_perm: int = 128
-    seed: int = 1
+    from rensa import RMinHash
 
-    @property
-    def permutations(self) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.RandomState(self.seed)
-        a = rng.randint(1, MERSENNE_PRIME, size=self.num_perm, dtype=np.uint64)
-        b = rng.randint(0, MERSENNE_PRIME, size=self.num_perm, dtype=np.uint64)
-        return a, b
-
-    def signatures(self, shingle_lists: Sequence[Sequence[str]]) -> np.ndarray:
-        """(rows, num_perm) uint64 signatures, computed for a whole batch in a few numpy passes."""
-        a, b = self.permutations
-        lengths = np.array([len(s) for s in shingle_lists])
-        hashes = np.fromiter((zlib.crc32(s.encode("utf-8", "surrogatepass")) for group in shingle_lists
-                              for s in group), dtype=np.uint64, count=int(lengths.sum()))
-        permuted = ((hashes[:, None] * a + b) % MERSENNE_PRIME) & MAX_HASH
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        return np.minimum.reduceat(permuted, starts, axis=0)
+    if not shingle_lists:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    matrix = RMinHash.digest_matrix_from_token_sets(shingle_lists, num_perm=num_perm, seed=MINHASH_SEED)
+    flat = np.fromiter(chain.from_iterable(matrix.to_rows()), dtype=np.uint32, count=len(shingle_lists) * num_perm)
+    return flat.reshape(len(shingle_lists), num_perm)
 
 
 @lru_cache(maxsize=16)
@@ -114,7 +98,7 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     keys = np.empty((signatures.shape[0], bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for band in range(bands):
-            part = signatures[:, band * rows:(band + 1) * rows]
+            part = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
             keys[:, band] = (part * salt[band].astype(np.uint64)).sum(axis=1) + np.uint64(band + 1) * np.uint64(
                 0x9E3779B97F4A7C15)
     return keys.view(np.int64)
@@ -141,9 +125,6 @@ def dedup_spec(curate: Any) -> DedupSpec | None:
     return spec if spec.exact or spec.near else None
 
 
-KEYS_TYPE = pa.list_(pa.int64())
-
-
 def dedup_keys(conversations: Sequence[Sequence[dict[str, str]] | None], spec: DedupSpec) -> pa.Array:
     """Each row's bucket keys as list<int64>: its exact key first (when ``spec.exact``), then one key per
     LSH band of its MinHash signature over word shingles. ``None`` (a row already dropped) gets no keys.
@@ -158,8 +139,8 @@ def dedup_keys(conversations: Sequence[Sequence[dict[str, str]] | None], spec: D
         per_row = np.concatenate([per_row, exact[:, None]], axis=1)
     if spec.near and live:
         bands, rows = lsh_bands(spec.threshold, spec.num_perm)
-        signatures = MinHasher(spec.num_perm).signatures([shingles(conversations[i], spec.shingle_words)
-                                                          for i in live])
+        signatures = minhash_signatures([shingles(conversations[i], spec.shingle_words) for i in live],
+                                        spec.num_perm)
         per_row = np.concatenate([per_row, band_keys(signatures, bands, rows)], axis=1)
     width = per_row.shape[1]
     lengths = np.zeros(len(conversations), dtype=np.int32)
@@ -168,134 +149,103 @@ def dedup_keys(conversations: Sequence[Sequence[dict[str, str]] | None], spec: D
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(per_row.reshape(-1), pa.int64()))
 
 
-def keeper_rank(user_ids: Sequence[str | None], ids: Sequence[str]) -> list[str]:
-    """The order in which rows of a cluster are kept: by user id, then internal key (which has no NUL)."""
-    return [f"{user_id or ''}\0{row_id}" for user_id, row_id in zip(user_ids, ids, strict=True)]
-
-
-def explode_keys(batch: pa.Table, exact: bool) -> pa.Table:
-    """Ray UDF: (id, user_id, dedup_keys) rows -> one (key, id, rank, kind) row per key; the first key is
-    exact when ``exact``."""
-    keys = batch.column("dedup_keys").combine_chunks()
-    lengths = pa.compute.list_value_length(keys).fill_null(0).to_numpy(zero_copy_only=False)
-    parents = np.repeat(np.arange(batch.num_rows), lengths)
-    position = np.arange(len(parents)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    kind = np.where((position == 0) & exact, EXACT, NEAR) if len(parents) else np.array([], dtype=object)
-    rank = pa.array(keeper_rank(batch.column("user_id").to_pylist(), batch.column("id").to_pylist()), pa.string())
-    take = pa.array(parents, pa.int64())
-    return pa.table({"key": keys.flatten(), "id": batch.column("id").take(take), "rank": rank.take(take),
-                     "kind": pa.array(kind, pa.string())}, schema=KEY_SCHEMA)
-
-
 def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
     left, right = set(a), set(b)
     return len(left & right) / len(left | right) if left or right else 1.0
 
 
-def is_duplicate(kind: str, row: Sequence[dict[str, str]], keeper: Sequence[dict[str, str]],
-                 spec: DedupSpec) -> bool:
-    """Verify an LSH candidate: equal normalised text, or exact shingle Jaccard >= threshold.
+# --- finding duplicates over integer keys -------------------------------------------------------------
 
-    LSH is tuned to miss few pairs, so it also proposes template siblings ("What is 3 + 4?" /
-    "What is 3 + 5?"); the exact Jaccard of the two shingle sets decides.
-    """
-    if kind == EXACT:
-        return normalised_text(row) == normalised_text(keeper)
-    return jaccard(shingles(row, spec.shingle_words), shingles(keeper, spec.shingle_words)) >= spec.threshold
+def keeper_order(user_ids: pa.Array | pa.ChunkedArray, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The positions of rows in the order a cluster keeps them: by user id (rows without one first), then by
+    the unique internal key."""
+    import pyarrow.compute as pc
 
-
-# The three shuffles below are co-groups: datasets with one schema are unioned, sorted on one column
-# (a range partition: all rows with equal values land in one block, which Ray's own map_groups relies
-# on), and each block is processed whole with vectorised Arrow group-bys instead of one Python call per
-# group. Sorting runs as plain Ray tasks; hash shuffles start actor pools, slow to start on a small cluster.
-PAIR_SCHEMA = pa.schema([("id", pa.string()), ("keeper", pa.string()), ("kind", pa.string())])
-KEEPER_SCHEMA = pa.schema([("on", pa.string()), ("id", pa.string()), ("kind", pa.string()),
-                           ("messages", pa.string())])
-MARK_SCHEMA = pa.schema([("on", pa.string()), ("user_id", pa.string()), ("source", pa.string()),
-                         ("messages", pa.string()),
-                         ("reason", pa.string()), ("detail", pa.string()), ("keeper", pa.string()),
-                         ("kind", pa.string()), ("keeper_messages", pa.string())])
+    return pc.sort_indices(pa.table({"user": pc.fill_null(user_ids, ""), "id": ids}),
+                           sort_keys=[("user", "ascending"), ("id", "ascending")]).to_numpy()
 
 
-def bucket_pairs(block: pa.Table) -> pa.Table:
-    """Keys of one partition -> (id, keeper, kind) for every row sharing a bucket with a row of smaller rank."""
-    if block.num_rows == 0:
-        return PAIR_SCHEMA.empty_table()
-    stats = block.group_by("key").aggregate([("id", "count"), ("rank", "min")])
-    shared = stats.filter(pa.compute.greater(stats.column("id_count"), 1))
-    if shared.num_rows == 0:
-        return PAIR_SCHEMA.empty_table()
-    # each shared bucket's first row by rank is its keeper (a rank names one row)
-    keepers = block.join(shared.select(["key", "rank_min"]), ["key", "rank"], ["key", "rank_min"],
-                         join_type="inner").select(["key", "id"]).rename_columns(["key", "keeper"])
-    joined = block.join(keepers, "key", join_type="inner")
-    pairs = joined.filter(pa.compute.not_equal(joined.column("id"), joined.column("keeper")))
-    return pa.table({"id": pairs.column("id"), "keeper": pairs.column("keeper"), "kind": pairs.column("kind")},
-                    schema=PAIR_SCHEMA)
+@dataclass(frozen=True)
+class Duplicates:
+    """The duplicates among rows numbered in keeper order: ``rows[i]`` is a duplicate of ``keepers[i]`` (the
+    first row of its cluster), ``exact[i]`` when their exact keys are equal."""
+
+    rows: np.ndarray
+    keepers: np.ndarray
+    exact: np.ndarray
+
+    def reasons(self) -> list[str]:
+        return [EXACT_DUPLICATE if same else NEAR_DUPLICATE for same in self.exact.tolist()]
 
 
-def attach_keeper_text(block: pa.Table) -> pa.Table:
-    """One partition of (keeper texts + pairs) on keeper id -> pairs carrying the keeper's messages."""
-    is_text = pa.compute.is_null(block.column("id"))
-    texts = block.filter(is_text).select(["on", "messages"])
-    pairs = block.filter(pa.compute.invert(is_text)).select(["on", "id", "kind"])
-    joined = pairs.join(texts, "on", join_type="inner")
-    return joined.select(["on", "id", "kind", "messages"]).cast(KEEPER_SCHEMA)
+def first_of_equal(values: np.ndarray) -> np.ndarray:
+    """For each position, the smallest position holding the same value."""
+    order = np.argsort(values, kind="stable")  # stable: equal values stay in position order
+    ordered = values[order]
+    starts = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    first = np.empty(len(values), dtype=np.int64)
+    first[order] = order[np.maximum.accumulate(np.where(starts, np.arange(len(values)), 0))]
+    return first
 
 
-def mark_block(block: pa.Table, spec: DedupSpec) -> pa.Table:
-    """One partition of (rows + their verified-candidate pairs) on id -> the rows with duplicate reasons set."""
-    is_row = pa.compute.is_null(block.column("keeper"))
-    rows = block.filter(is_row)
-    candidates: dict[str, set[tuple[str, str, str]]] = {}
-    for row_id, keeper, kind, keeper_messages in zip(
-            *(block.filter(pa.compute.invert(is_row)).column(c).to_pylist()
-              for c in ("on", "keeper", "kind", "keeper_messages")), strict=True):
-        candidates.setdefault(row_id, set()).add((kind, keeper, keeper_messages))  # one pair per band: verify once
-    reasons, details = rows.column("reason").to_pylist(), rows.column("detail").to_pylist()
-    for i, (row_id, messages) in enumerate(zip(rows.column("on").to_pylist(), rows.column("messages").to_pylist(),
-                                               strict=True)):
-        if row_id not in candidates:
-            continue
-        parsed = json.loads(messages)
-        # the exact label wins ("exact" < "near"), then the smallest keeper
-        for kind, keeper, keeper_messages in sorted(candidates[row_id]):
-            if is_duplicate(kind, parsed, json.loads(keeper_messages), spec):
-                reasons[i], details[i] = DUPLICATE_REASON[kind], f"duplicate of {keeper}"
-                break
-    return pa.table({"id": rows.column("on"), "user_id": rows.column("user_id"), "source": rows.column("source"),
-                     "messages": rows.column("messages"), "reason": pa.array(reasons, pa.string()),
-                     "detail": pa.array(details, pa.string())})
+def bucket_pairs(band: np.ndarray) -> np.ndarray:
+    """(k, 2) pairs (row, earlier row) of positions that share a bucket key in ``band``: each row is paired
+    with its bucket's first row and with the row before it in the bucket (both earlier in keeper order)."""
+    order = np.argsort(band, kind="stable")
+    ordered = band[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1  # sorted positions that continue a bucket
+    if not len(same):
+        return np.zeros((0, 2), dtype=np.int64)
+    starts = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    bucket_start = np.maximum.accumulate(np.where(starts, np.arange(len(band)), 0))
+    to_first = np.stack([order[same], order[bucket_start[same]]], axis=1)
+    to_previous = np.stack([order[same], order[same - 1]], axis=1)
+    return np.concatenate([to_first, to_previous])
 
 
-def _as(batch: pa.Table, schema: pa.Schema, columns: dict[str, str]) -> pa.Table:
-    """Rename ``columns`` (schema name -> batch name) and fill the rest of ``schema`` with nulls."""
-    return pa.table({name: batch.column(columns[name]) if name in columns else pa.nulls(batch.num_rows, kind)
-                     for name, kind in zip(schema.names, schema.types, strict=True)}, schema=schema)
+class Clusters:
+    """Union-find whose root is always the smallest member (the keeper)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def root(self, row: int) -> int:
+        path = []
+        while self.parent.get(row, row) != row:
+            path.append(row)
+            row = self.parent[row]
+        for member in path:
+            self.parent[member] = row
+        return row
+
+    def join(self, a: int, b: int) -> None:
+        ra, rb = self.root(a), self.root(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def mark_duplicates(rows: Any, spec: DedupSpec) -> Any:
-    """Kept rows (pipeline schema plus ``dedup_keys``) -> the same rows, duplicates marked
-    ``exact_duplicate`` / ``near_duplicate``.
-
-    Three shuffles on Ray Data in one execution: keys by bucket, pairs with keeper texts by keeper,
-    rows with their pairs by id.
-    """
-    pairs = (rows.select_columns(["id", "user_id", "dedup_keys"])
-             .map_batches(explode_keys, batch_format="pyarrow", fn_kwargs={"exact": spec.exact})
-             .sort("key")
-             .map_batches(bucket_pairs, batch_size=None, batch_format="pyarrow"))
-    keeper_texts = rows.map_batches(_as, batch_format="pyarrow", fn_kwargs={
-        "schema": KEEPER_SCHEMA, "columns": {"on": "id", "messages": "messages"}})
-    pairs_by_keeper = pairs.map_batches(_as, batch_format="pyarrow", fn_kwargs={
-        "schema": KEEPER_SCHEMA, "columns": {"on": "keeper", "id": "id", "kind": "kind"}})
-    with_keeper = (keeper_texts.union(pairs_by_keeper).sort("on")
-                   .map_batches(attach_keeper_text, batch_size=None, batch_format="pyarrow")
-                   .map_batches(_as, batch_format="pyarrow", fn_kwargs={
-                       "schema": MARK_SCHEMA,
-                       "columns": {"on": "id", "keeper": "on", "kind": "kind", "keeper_messages": "messages"}}))
-    own_rows = rows.map_batches(_as, batch_format="pyarrow", fn_kwargs={
-        "schema": MARK_SCHEMA, "columns": {"on": "id", "user_id": "user_id", "source": "source",
-                                           "messages": "messages", "reason": "reason", "detail": "detail"}})
-    return (own_rows.union(with_keeper).sort("on")
-            .map_batches(mark_block, batch_size=None, batch_format="pyarrow", fn_kwargs={"spec": spec}))
+def find_duplicates(keys: np.ndarray, spec: DedupSpec,
+                    shingle_sets: Callable[[np.ndarray], dict[int, set[str]]]) -> Duplicates:
+    """The duplicates among rows whose ``dedup_keys`` are the rows of ``keys`` (one row each, in keeper
+    order). ``shingle_sets`` gives the shingle sets of the rows at some positions: only near-dedup candidates
+    are asked for, to verify their pairs by exact Jaccard."""
+    count = len(keys)
+    if count == 0:
+        return Duplicates(rows=np.zeros(0, np.int64), keepers=np.zeros(0, np.int64), exact=np.zeros(0, bool))
+    positions = np.arange(count)
+    first = first_of_equal(keys[:, 0]) if spec.exact else positions
+    clusters = Clusters()
+    if spec.near:
+        leaders = np.flatnonzero(first == positions)  # exact duplicates go with their first row
+        bands = keys[leaders, 1 if spec.exact else 0:]
+        pairs = np.concatenate([bucket_pairs(bands[:, band]) for band in range(bands.shape[1])])
+        pairs = np.unique(leaders[pairs], axis=0)  # sorted, each pair once however many bands proposed it
+        if len(pairs):
+            texts = shingle_sets(np.unique(pairs))
+            for row, earlier in pairs.tolist():
+                if jaccard(texts[row], texts[earlier]) >= spec.threshold:
+                    clusters.join(row, earlier)
+    keepers = np.array([clusters.root(leader) for leader in first.tolist()], dtype=np.int64)
+    duplicate = np.flatnonzero(keepers != positions)
+    exact = (keys[duplicate, 0] == keys[keepers[duplicate], 0]) if spec.exact else np.zeros(len(duplicate), bool)
+    return Duplicates(rows=duplicate, keepers=keepers[duplicate], exact=exact)

@@ -1,9 +1,9 @@
 """Ray Data and Parquet helpers of the curate stage: its settings, reading back what a phase wrote, and
 counting written files without loading them.
 
-Each phase of ``raylora curate configs/demo.yaml`` writes Parquet under ``<output>/_work`` and the next
-reads it back, so the pipeline streams instead of holding rows in RAM; the driver counts from the files'
-key columns and footers.
+The read pass of ``raylora curate configs/demo.yaml`` writes Parquet under ``<output>/_work`` and the
+later phases read it back, so the pipeline streams instead of holding rows in RAM; the driver counts from
+the files' key columns and footers.
 """
 
 from __future__ import annotations
@@ -53,17 +53,43 @@ def ray_data_logs(verbose: bool) -> Iterator[None]:
         logger.setLevel(saved[2])
 
 
-def read_parquet_dir(path: str | Path, schema: pa.Schema) -> Any:
-    """The Parquet files a Ray write left in ``path``; an empty dataset of ``schema`` when it wrote none."""
+def read_parquet_dir(path: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> Any:
+    """The Parquet files a Ray write left in ``path`` (only ``columns`` of them, when given); an empty dataset
+    of ``schema`` when it wrote none."""
     import ray.data
 
-    return ray.data.read_parquet(str(path)) if any(Path(path).glob("*.parquet")) else \
+    return ray.data.read_parquet(str(path), columns=columns) if any(Path(path).glob("*.parquet")) else \
         ray.data.from_arrow(schema.empty_table())
 
 
-def union(datasets: list[Any]) -> Any:
-    """One dataset of all of ``datasets`` (Ray's ``union`` needs at least one to call it on)."""
-    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+class PartWriter:
+    """Writes tables into ``directory/part-NNNNN.parquet`` files of about ``rows_per_file`` rows each, as they
+    stream past (the driver holds one table at a time)."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, rows_per_file: int) -> None:
+        self.directory, self.schema, self.rows_per_file = directory, schema, rows_per_file
+        self.files: list[str] = []
+        self.writer: Any = None
+        self.rows_in_file = 0
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        if table.num_rows == 0:
+            return
+        if self.writer is None or self.rows_in_file >= self.rows_per_file:
+            self.close()
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.files.append(str(self.directory / f"part-{len(self.files):05d}.parquet"))
+            self.writer, self.rows_in_file = pq.ParquetWriter(self.files[-1], self.schema), 0
+        self.writer.write_table(table.select(self.schema.names).cast(self.schema))
+        self.rows_in_file += table.num_rows
+
+    def close(self) -> list[str]:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        return self.files
 
 
 def parquet_files(directory: Path) -> list[str]:
@@ -101,20 +127,16 @@ def written_rows(files: list[str]) -> int:
 
 def repeated_values(files: list[str], column: str, examples: int = 5) -> dict[str, Any]:
     """The values of ``column`` that more than one row of ``files`` holds (nulls aside): how many, on how many
-    rows, and the first few with their counts. A Ray Data group-by counts them, so no process holds them all."""
-    import ray.data
-    from ray.data.expressions import col
+    rows, and the smallest few with their counts. Counted by Arrow on the driver over that one column."""
+    import pyarrow.compute as pc
 
     found: dict[str, Any] = {"ids": 0, "rows": 0, "examples": {}}
-    if not files:
+    values = [table.column(column) for table in scan(files, [column])]
+    if not values:
         return found
-    counts = (ray.data.read_parquet(files, columns=[column]).filter(expr=col(column).is_not_null())
-              .groupby(column).count())
-    for batch in counts.iter_batches(batch_format="pyarrow"):
-        values, repeats = batch.column(column).to_pylist(), batch.column(1).to_pylist()
-        for value, n in zip(values, repeats, strict=True):
-            if n > 1:
-                found["ids"], found["rows"] = found["ids"] + 1, found["rows"] + n
-                if len(found["examples"]) < examples:
-                    found["examples"][value] = n
+    counts = pc.value_counts(pa.chunked_array(values).drop_null())
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    found["ids"], found["rows"] = len(repeated), int(pc.sum(repeated.field("counts")).as_py() or 0)
+    first = repeated.take(pc.sort_indices(repeated.field("values"))[:examples])
+    found["examples"] = dict(zip(first.field("values").to_pylist(), first.field("counts").to_pylist(), strict=True))
     return found

@@ -19,11 +19,19 @@ SHORT_ANSWER = "short_answer"
 OVER_LONG = "over_long"
 TEMPLATE_ERROR = "template_error"
 OTHER_LANGUAGE = "other_language"
+PLACEHOLDER = "placeholder"
+NON_WORDS = "non_words"
+INADEQUATE_ANSWER = "inadequate_answer"
+ECHOED_PROMPT = "echoed_prompt"
+CLASSIFIED_REFUSAL = "classified_refusal"
+UNRELATED_ANSWER = "unrelated_answer"
 CONTAMINATED = "contaminated"
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 BELOW_TOP_K = "below_top_k"
 NOT_DIVERSE = "not_diverse"
+OVER_SOURCE_CAP = "over_source_cap"
+OVER_SOURCE_WEIGHT = "over_source_weight"
 
 # reason -> what it means, one line each, in the order curation checks them (the report prints the meaning)
 REASONS: dict[str, str] = {
@@ -37,9 +45,17 @@ REASONS: dict[str, str] = {
     OVER_LONG: "its chat-template tokens exceed curate.max_tokens",
     TEMPLATE_ERROR: "the model's chat template cannot render it",
     OTHER_LANGUAGE: "a language outside curate.languages",
+    PLACEHOLDER: "placeholder text: lorem ipsum, TODO, [insert ...]",
+    NON_WORDS: "an answer mostly of non-words (keyboard mashing)",
+    INADEQUATE_ANSWER: "an open instruction (explain, write, ...) answered in a few words",
+    ECHOED_PROMPT: "an answer that only repeats the instruction",
+    CLASSIFIED_REFUSAL: "a refusal or AI boilerplate, by the refusal classifier",
+    UNRELATED_ANSWER: "an answer unrelated to its instruction, by embeddings",
     CONTAMINATED: "holds text of an eval item (data.eval_sets)",
     EXACT_DUPLICATE: "the same text as a kept row",
     NEAR_DUPLICATE: "nearly the same text as a kept row",
     BELOW_TOP_K: "outside the curate.quality_top_k best rows",
     NOT_DIVERSE: "not among the curate.diversity_select most diverse",
+    OVER_SOURCE_CAP: "beyond its source's max_rows (data.sources)",
+    OVER_SOURCE_WEIGHT: "beyond its source's share of the mix (data.sources weight)",
 }

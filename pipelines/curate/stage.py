@@ -7,8 +7,13 @@
 decontamination), dedup, select (the optional quality top-k and diversity selection), account (every
 dropped row written with its reason, every row counted, repeated user ids found) and write (the
 deterministic train / eval split and the manifest). Every row read ends in exactly one of train, eval or
-dropped, per source; the train and tune stages read only the manifest. Each phase writes Parquet under
-``_work`` and the next reads it back, so the pipeline streams instead of holding rows in RAM.
+dropped, per source; the train and tune stages read only the manifest.
+
+Rows are read, parsed and filtered once, in parallel Ray tasks that also give each row that passed its
+dedup bucket keys, split key and digest, and written once under ``_work``. After that no phase moves a
+whole row until the split is written: the driver finds duplicates, counts, cuts and hashes the split from
+those small columns (a few dozen bytes a row), and the later phases read the rows back lazily, leaving
+out the ids dedup dropped. So the pipeline streams, and no full row is sorted or shuffled.
 
 Curation writes into a staging directory beside ``curate.output_dir`` and swaps it in only when it
 succeeded, so a failed run leaves the last good output as it was; it never deletes a directory it did not
@@ -18,20 +23,36 @@ write.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
+import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from cluster.runtime_env import ensure_ray
 from pipelines.artifacts import MANIFEST_FILE, DatasetManifest
 from pipelines.config import CurateConfig, RayloraConfig
 from pipelines.curate.decontaminate import ContaminationFilter, EvalIndex, build_eval_index
-from pipelines.curate.dedup import KEYS_TYPE, DedupSpec, dedup_keys, dedup_spec, mark_duplicates
+from pipelines.curate.dedup import (
+    KEYS_TYPE,
+    DedupSpec,
+    dedup_keys,
+    dedup_spec,
+    find_duplicates,
+    keeper_order,
+    shingles,
+)
+from pipelines.curate.embeddings import embedding_model_path
 from pipelines.curate.filters import (
     Filter,
     build_filters,
@@ -42,6 +63,7 @@ from pipelines.curate.filters import (
 )
 from pipelines.curate.formats import ROW_SCHEMA
 from pipelines.curate.raydata import (
+    PartWriter,
     count_by,
     parquet_files,
     ray_data_logs,
@@ -49,43 +71,83 @@ from pipelines.curate.raydata import (
     repeated_values,
     scan,
     shuffle_partitions,
-    union,
     written_rows,
 )
-from pipelines.curate.readers import chunk_items, plan_chunks, read_chunk_batch
+from pipelines.curate.readers import chunk_items, plan_chunks, read_chunk_batch, source_name
 from pipelines.curate.reasons import KEPT, REASONS
-from pipelines.curate.select import diversity_split, embedding_model_path, quality_split
-from pipelines.curate.split import eval_cutoff, kept_histogram, split_hash, to_output
+from pipelines.curate.select import diversity_split, over_quota, quality_split
+from pipelines.curate.split import (
+    CHAT,
+    DIGEST_TYPE,
+    MESSAGES_TYPE,
+    OUTPUT_SCHEMA,
+    ROW_DIGEST,
+    SPLIT_KEY,
+    digest_hash,
+    eval_cutoff,
+    is_eval,
+    output_tables,
+    row_digest,
+    split_columns,
+    split_keys,
+)
+from pipelines.curate.timing import format_filter_seconds, start_clock
 from pipelines.errors import ConfigError, StageError
 
 DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("user_id", pa.string()), ("source", pa.string()),
                             ("reason", pa.string()), ("detail", pa.string())])
-KEPT_ROWS, DROPPED_ROWS = f"reason == '{KEPT}'", f"reason != '{KEPT}'"  # Ray Data filter expressions
+KEPT_SCHEMA = pa.schema([*ROW_SCHEMA, pa.field(SPLIT_KEY, pa.int64()), pa.field(ROW_DIGEST, DIGEST_TYPE),
+                         pa.field(CHAT, MESSAGES_TYPE)])
+KEPT_ROWS = f"reason == '{KEPT}'"  # a Ray Data filter expression
 ROWS_PER_FILE = 100_000
 OUTPUT_ENTRIES = {"train", "eval", "dropped", "_work", MANIFEST_FILE}  # all that a curation output holds
+PHASES = ("read+filter", "dedup", "select", "account", "write")
 
 
 @dataclass(frozen=True)
 class Rows:
     """What a phase hands the next: ``kept``, a Ray Dataset of the rows no check has dropped yet;
-    ``files``, the Parquet files holding them (beside the rows the phase that wrote them dropped);
-    ``dropped``, Ray Datasets of every row dropped so far, each with its reason."""
+    ``files``, the Parquet files holding them (beside rows dropped with a reason, and rows whose ids are in
+    ``dropped_ids``: dropped by a later phase that did not rewrite the files); ``dropped``, every row dropped
+    so far, each with its reason: Ray Datasets, Arrow tables, or ``DroppedInFiles``."""
 
     kept: Any
     files: list[str]
     dropped: list[Any]
+    dropped_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    filter_seconds: dict[str, float] = field(default_factory=dict)  # the read pass's, by filter name
+
+
+@dataclass(frozen=True)
+class DroppedInFiles:
+    """The rows with a drop reason in Parquet files a phase wrote, read without their conversations."""
+
+    files: list[str]
+
+    def tables(self) -> Iterator[pa.Table]:
+        for table in scan(self.files, list(DROPPED_SCHEMA.names)):
+            yield table.filter(pc.not_equal(table.column("reason"), KEPT))
+
+
+@dataclass(frozen=True)
+class KeptKeys:
+    """The kept rows' internal keys, split keys and digests: all the driver needs to cut and hash the split."""
+
+    ids: pa.Array
+    split_keys: np.ndarray
+    digests: pa.Array
 
 
 @dataclass(frozen=True)
 class Accounts:
     """A run's counts, taken from the written files: rows read per source, rows dropped per source and
-    reason (and one example each), the kept rows' split-key histogram, and the user ids on several rows."""
+    reason (and one example each), the kept rows' keys, and the user ids on several rows."""
 
     read_by_source: dict[str, int]
     dropped_by_source_reason: Counter[tuple[str, ...]]
     dropped_files: list[str]
     examples: dict[str, str]
-    kept_histogram: Counter[int]
+    kept: KeptKeys
     repeated_user_ids: dict[str, Any]
 
     @property
@@ -94,7 +156,7 @@ class Accounts:
 
     @property
     def num_kept(self) -> int:
-        return sum(self.kept_histogram.values())
+        return len(self.kept.ids)
 
     @property
     def dropped_by_reason(self) -> dict[str, int]:
@@ -115,10 +177,12 @@ class Accounts:
         return counts
 
 
-def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False) -> DatasetManifest:
+def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False,
+           phase_seconds: dict[str, float] | None = None) -> DatasetManifest:
     """Run curation for ``cfg``; returns the manifest (also written to ``<output>/manifest.json``).
 
-    ``verbose`` shows Ray Data's progress bars and per-execution INFO logs (hidden otherwise).
+    ``verbose`` shows Ray Data's progress bars and per-execution INFO logs (hidden otherwise);
+    ``phase_seconds``, when given, receives the wall seconds of each of ``PHASES``.
     """
     import ray
 
@@ -130,13 +194,19 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False) ->
     work = staging / "_work"
     dedup = dedup_spec(cfg.curate)
     partitions = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    seconds = phase_seconds if phase_seconds is not None else {}
     try:
         with shuffle_partitions(partitions), ray_data_logs(verbose):
-            read = read_and_filter(cfg, dedup, work / "rows")
-            unique = deduplicate(read, dedup, work / "deduped")
-            chosen = select_rows(unique, cfg.curate, work / "scored")
-            accounts = account(read.files, chosen, staging / "dropped", cfg.seed)
-            manifest = write_splits(cfg, chosen, accounts, work / "split", staging)
+            with timed(seconds, "read+filter"):
+                read = read_and_filter(cfg, dedup, work / "rows")
+            with timed(seconds, "dedup"):
+                unique = deduplicate(read, dedup)
+            with timed(seconds, "select"):
+                chosen = select_rows(unique, cfg, work / "scored")
+            with timed(seconds, "account"):
+                accounts = account(read.files, chosen, staging / "dropped", cfg.seed)
+            with timed(seconds, "write"):
+                manifest = write_splits(cfg, chosen, accounts, staging)
         shutil.rmtree(work)
         manifest = moved(manifest, staging, out)
         manifest.write(staging / MANIFEST_FILE)
@@ -146,7 +216,17 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False) ->
     if not quiet:
         print(format_report(accounts.num_read, accounts.num_kept, accounts.dropped_by_reason, accounts.examples,
                             accounts.repeated_user_ids))
+        print(format_filter_seconds(read.filter_seconds, accounts.num_read))
     return manifest
+
+
+@contextmanager
+def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = time.perf_counter() - start
 
 
 # --- the output: replaced whole, and only when curation succeeded -----------------------------------------
@@ -191,14 +271,48 @@ def swap_in(staging: Path, out: Path) -> None:
 
 # --- 1. read and filter -------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ChainSpec:
+    """What builds the filter chain inside a Ray worker, as plain data; ``key`` names the chain in the
+    worker's cache, so each worker process builds it (and loads its tokenizer and models) once."""
+
+    curate: dict
+    model: str
+    max_tokens: int
+    eval_index: EvalIndex | None
+    key: str
+
+
+def chain_spec(cfg: RayloraConfig) -> ChainSpec:
+    """The filter chain ``cfg`` configures, keyed by everything that shapes it (the eval items included)."""
+    curate, model, max_tokens, eval_index = cfg.curate.model_dump(), length_model(cfg), token_limit(cfg), \
+        load_eval_index(cfg)
+    index = None if eval_index is None else [eval_index.n, sorted(eval_index.ngrams),
+                                             sorted((n, sorted(items)) for n, items in eval_index.short_items.items())]
+    key = hashlib.sha256(json.dumps([curate, model, max_tokens, index], sort_keys=True, default=str).encode()
+                         ).hexdigest()
+    return ChainSpec(curate=curate, model=model, max_tokens=max_tokens, eval_index=eval_index, key=key)
+
+
+# Ray reuses worker processes across tasks; a worker keeps the chains it built (one per run config).
+WORKER_CHAINS: dict[str, list[Filter]] = {}
+
+
+def worker_chain(spec: ChainSpec) -> list[Filter]:
+    if spec.key not in WORKER_CHAINS:
+        WORKER_CHAINS[spec.key] = filter_chain(CurateConfig.model_validate(spec.curate), spec.model,
+                                               spec.max_tokens, spec.eval_index)
+    return WORKER_CHAINS[spec.key]
+
+
 def read_and_filter(cfg: RayloraConfig, dedup: DedupSpec | None, rows_dir: Path) -> Rows:
     """Read every source, run the filter chain and decontamination, and give each row that passed its dedup
-    bucket keys: one streaming pass that writes every row read with its reason."""
+    bucket keys, split key and digest: one streaming pass that writes every row read with its reason."""
     import ray.data
 
     chunks = plan_chunks(cfg.data.sources)
-    checks = {"curate": cfg.curate.model_dump(), "eval_index": load_eval_index(cfg),
-              "model": length_model(cfg), "max_tokens": token_limit(cfg), "dedup": dedup}
+    clock = start_clock()
+    checks = {"chain": chain_spec(cfg), "dedup": dedup, "seed": cfg.seed, "clock": clock}
     # One task per read chunk: Ray fuses these ops and bundles their input (one row per chunk) up to the
     # largest batch_size or min_rows_per_file, so either would put every chunk into one task on one core.
     try:
@@ -213,10 +327,10 @@ def read_and_filter(cfg: RayloraConfig, dedup: DedupSpec | None, rows_dir: Path)
             if said:
                 raise kind(said[-1].split(f"{kind.__name__}: ")[-1].strip()) from err
         raise
-    rows = read_parquet_dir(rows_dir, ROW_SCHEMA if dedup is None else ROW_SCHEMA.append(
-        pa.field("dedup_keys", KEYS_TYPE)))
-    return Rows(kept=rows.filter(expr=KEPT_ROWS), files=parquet_files(rows_dir),
-                dropped=[rows.filter(expr=DROPPED_ROWS).select_columns(list(ROW_SCHEMA.names))])
+    kept = read_parquet_dir(rows_dir, KEPT_SCHEMA, KEPT_SCHEMA.names).filter(expr=KEPT_ROWS)
+    files = parquet_files(rows_dir)
+    return Rows(kept=kept, files=files, dropped=[DroppedInFiles(files)],
+                filter_seconds=ray.get(clock.totals.remote()))
 
 
 def load_eval_index(cfg: RayloraConfig) -> EvalIndex | None:
@@ -236,41 +350,119 @@ def filter_chain(curate: CurateConfig, model: str, max_tokens: int, eval_index: 
     return chain if eval_index is None else [*chain, ContaminationFilter(eval_index)]
 
 
-def filter_batch(batch: pa.Table, curate: dict, model: str, max_tokens: int,
-                 eval_index: EvalIndex | None, dedup: DedupSpec | None) -> pa.Table:
-    """Ray ``map_batches`` UDF: set ``reason`` on each row the filter chain drops, and give every row that
-    passed its dedup bucket keys (``dedup_keys``) while its conversation is parsed anyway."""
-    chain = filter_chain(CurateConfig.model_validate(curate), model, max_tokens, eval_index)
+def filter_batch(batch: pa.Table, chain: ChainSpec, dedup: DedupSpec | None, seed: int,
+                 clock: Any = None) -> pa.Table:
+    """Ray ``map_batches`` UDF: set ``reason`` on each row the filter chain drops, and give every row its
+    split key and digest, and every row that passed its conversation in the output type (``chat``) and its
+    dedup bucket keys (``dedup_keys``), while its conversation is parsed anyway; each filter's seconds go to ``clock`` (a ``timing.FilterClock``), if any."""
+    seconds: dict[str, float] = {}
+    reasons, passed = filter_conversations(batch, worker_chain(chain), seconds)
+    if clock is not None:
+        import ray
+
+        ray.get(clock.add.remote(seconds))
+    digests = [row_digest(row_id, messages) if messages is not None else bytes(32)
+               for row_id, messages in zip(batch.column("id").to_pylist(), passed, strict=True)]
+    batch = batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+    batch = (batch.append_column(SPLIT_KEY, pa.array(split_keys(batch, seed), pa.int64()))
+             .append_column(ROW_DIGEST, pa.array(digests, DIGEST_TYPE))
+             .append_column(CHAT, pa.array(passed, MESSAGES_TYPE)))
+    keys = dedup_keys(passed, dedup) if dedup is not None else pa.array([[]] * batch.num_rows, KEYS_TYPE)
+    return batch.append_column("dedup_keys", keys)
+
+
+def filter_conversations(batch: pa.Table, chain: list[Filter],
+                         seconds: dict[str, float] | None = None) -> tuple[list[str], list[Any]]:
+    """(each row's reason, each kept row's parsed conversation or None) of pipeline rows run through ``chain``;
+    a row malformed at read time keeps its reason. ``seconds`` gains each filter's time, when given."""
     read_ok = [reason == KEPT for reason in batch.column("reason").to_pylist()]  # not malformed at read time
     conversations = [json.loads(raw) if ok else None
                      for raw, ok in zip(batch.column("messages").to_pylist(), read_ok, strict=True)]
-    verdicts = first_failures(conversations, chain)
+    verdicts = first_failures(conversations, chain, seconds)
     reasons = [verdict if ok else reason
                for verdict, ok, reason in zip(verdicts, read_ok, batch.column("reason").to_pylist(), strict=True)]
     passed = [messages if reason == KEPT else None for messages, reason in zip(conversations, reasons, strict=True)]
-    batch = batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
-    if dedup is None:
-        return batch
-    return batch.append_column("dedup_keys", dedup_keys(passed, dedup))
+    return reasons, passed
 
 
 # --- 2. dedup -------------------------------------------------------------------------------------------
 
-def deduplicate(rows: Rows, dedup: DedupSpec | None, deduped_dir: Path) -> Rows:
-    """Mark exact and near duplicates across the whole dataset by content; each cluster keeps its first row
-    by (user id, internal key)."""
+def deduplicate(rows: Rows, dedup: DedupSpec | None) -> Rows:
+    """Mark exact and near duplicates across the whole dataset by content, from the rows' bucket keys alone
+    (``dedup.find_duplicates``); each cluster keeps its first row by (user id, internal key). The rows
+    files are not rewritten: the duplicates' ids are left out of ``kept`` as it streams."""
     if dedup is None:
         return rows
-    mark_duplicates(rows.kept, dedup).write_parquet(str(deduped_dir), min_rows_per_file=ROWS_PER_FILE)
-    marked = read_parquet_dir(deduped_dir, ROW_SCHEMA)
-    return Rows(kept=marked.filter(expr=KEPT_ROWS), files=parquet_files(deduped_dir),
-                dropped=[*rows.dropped, marked.filter(expr=DROPPED_ROWS)])
+    tables, key_chunks = [], []
+    for table in scan_kept(rows.files, ["id", "user_id", "source", "dedup_keys"]):
+        if table.num_rows == 0:
+            continue
+        key_chunks.append(key_matrix(table.column("dedup_keys")))  # a row group's keys: flat int64, no lists
+        tables.append(table.drop_columns(["dedup_keys"]))
+    table = pa.concat_tables(tables) if tables else DROPPED_SCHEMA.empty_table()
+    order = keeper_order(table.column("user_id"), table.column("id"))
+    keys = np.concatenate(key_chunks)[order] if key_chunks else np.zeros((0, 0), np.int64)
+    del key_chunks
+    table = table.take(order)
+    found = find_duplicates(keys, dedup, lambda positions: shingle_sets(
+        rows.files, table.column("id").take(pa.array(positions)), positions, dedup.shingle_words))
+    duplicates = table.take(pa.array(found.rows, pa.int64()))
+    keepers = table.column("id").take(pa.array(found.keepers, pa.int64())).to_pylist()
+    duplicates = pa.table({"id": duplicates.column("id"), "user_id": duplicates.column("user_id"),
+                           "source": duplicates.column("source"), "reason": pa.array(found.reasons(), pa.string()),
+                           "detail": pa.array([f"duplicate of {keeper}" for keeper in keepers], pa.string())},
+                          schema=DROPPED_SCHEMA)
+    dropped_ids = duplicates.column("id").combine_chunks()
+    kept = rows.kept.map_batches(without_ids, batch_format="pyarrow", fn_kwargs={"ids": dropped_ids}) \
+        if len(dropped_ids) else rows.kept
+    return Rows(kept=kept, files=rows.files, dropped=[*rows.dropped, duplicates], dropped_ids=dropped_ids)
+
+
+def scan_kept(files: list[str], columns: list[str], dropped_ids: pa.Array | None = None) -> Iterator[pa.Table]:
+    """``columns`` of the rows without a reason in ``files``, less ``dropped_ids``, a row group at a time."""
+    for table in scan(files, [*columns, "reason"] if "reason" not in columns else columns, kept_only=True):
+        if dropped_ids is not None and len(dropped_ids):
+            table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=dropped_ids)))
+        yield table.select(columns)
+
+
+def kept_columns(files: list[str], columns: list[str], dropped_ids: pa.Array | None = None) -> pa.Table:
+    """``scan_kept`` in one table."""
+    tables = list(scan_kept(files, columns, dropped_ids))
+    return pa.concat_tables(tables) if tables else pa.table({name: [] for name in columns})
+
+
+def key_matrix(keys: pa.ChunkedArray) -> np.ndarray:
+    """list<int64> bucket keys of kept rows (each row as many) -> a (rows, keys per row) int64 matrix."""
+    flat = [chunk.flatten().to_numpy() for chunk in keys.chunks]
+    values = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+    return values.reshape(len(keys), -1) if len(keys) else np.zeros((0, 0), np.int64)
+
+
+def shingle_sets(files: list[str], ids: pa.Array, positions: np.ndarray, shingle_words: int) -> dict[int, set[str]]:
+    """The shingle sets of the rows ``ids`` (at ``positions``): only these rows' conversations are parsed."""
+    position_of = dict(zip(ids.to_pylist(), positions.tolist(), strict=True))
+    found: dict[int, set[str]] = {}
+    for table in scan(files, ["id", "messages", "reason"], kept_only=True):
+        wanted = table.filter(pc.is_in(table.column("id"), value_set=ids))
+        for row_id, messages in zip(wanted.column("id").to_pylist(), wanted.column("messages").to_pylist(),
+                                    strict=True):
+            found[position_of[row_id]] = set(shingles(json.loads(messages), shingle_words))
+    return found
+
+
+def without_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    """Ray UDF: the rows whose id is not in ``ids``."""
+    return batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=ids)))
 
 
 # --- 3. select ------------------------------------------------------------------------------------------
 
-def select_rows(rows: Rows, settings: CurateConfig, scored_dir: Path) -> Rows:
-    """The optional LIMA-style selection: the quality top-k, then the most diverse of those."""
+def select_rows(rows: Rows, cfg: RayloraConfig, scored_dir: Path) -> Rows:
+    """Each source's cap and weighted share (``data.sources[*].max_rows`` / ``weight``), then the optional
+    LIMA-style selection from that mix: the quality top-k, then the most diverse of those."""
+    rows = source_control(rows, cfg)
+    settings = cfg.curate
     if settings.quality_top_k is None and settings.diversity_select is None:
         return rows
     chosen, rejected = rows.kept, []
@@ -287,29 +479,72 @@ def select_rows(rows: Rows, settings: CurateConfig, scored_dir: Path) -> Rows:
                 dropped=[*rows.dropped, *rejected])
 
 
+def source_control(rows: Rows, cfg: RayloraConfig) -> Rows:
+    """Drop the rows beyond each source's ``max_rows`` and weighted share (``select.over_quota``, decided on
+    the driver from the kept rows' ids and sources). Like dedup it does not rewrite the rows files: the
+    dropped ids are left out of ``kept`` as it streams."""
+    import ray.data
+
+    sources = cfg.data.sources
+    caps = {source_name(source, index): source.max_rows for index, source in enumerate(sources)}
+    weights = {source_name(source, index): source.weight for index, source in enumerate(sources)} \
+        if sources[0].weight is not None else None  # set on every source or none (DataConfig checks)
+    if not any(caps.values()) and weights is None:
+        return rows
+    table = kept_columns(rows.files, ["id", "user_id", "source"], rows.dropped_ids)
+    over = over_quota(table.column("id").to_pylist(), table.column("source").to_pylist(), caps, weights, cfg.seed)
+    reason_of = {row_id: reason for reason, ids in over.items() for row_id in ids}
+    if not reason_of:
+        return rows
+    left_out = table.filter(pc.is_in(table.column("id"), value_set=pa.array(list(reason_of), pa.string())))
+    ids = left_out.column("id").to_pylist()
+    dropped = pa.table({"id": left_out.column("id"), "user_id": left_out.column("user_id"),
+                        "source": left_out.column("source"),
+                        "reason": pa.array([reason_of[row_id] for row_id in ids], pa.string()),
+                        "detail": pa.array([f"source {source}" for source in left_out.column("source").to_pylist()],
+                                           pa.string())}, schema=DROPPED_SCHEMA)
+    new_ids = dropped.column("id").combine_chunks()
+    return Rows(kept=rows.kept.map_batches(without_ids, batch_format="pyarrow", fn_kwargs={"ids": new_ids}),
+                files=rows.files, dropped=[*rows.dropped, ray.data.from_arrow(dropped)],
+                dropped_ids=pa.concat_arrays([rows.dropped_ids.cast(pa.string()), new_ids]))
+
+
 # --- 4. account -----------------------------------------------------------------------------------------
 
 def account(read_files: list[str], rows: Rows, dropped_dir: Path, seed: int) -> Accounts:
-    """Write every dropped row in one write, then count what was read, dropped and kept from the written
-    files' key columns. Fails, with the table of drop reasons, when no row is kept."""
+    """Write every dropped row (streamed through the driver: its small columns only), then count what was
+    read, dropped and kept from the written files' key columns. Fails, with the table of drop reasons, when
+    no row is kept."""
     dropped_dir.mkdir(parents=True, exist_ok=True)
-    union(rows.dropped).map_batches(to_dropped, batch_format="pyarrow").write_parquet(
-        str(dropped_dir), min_rows_per_file=ROWS_PER_FILE)
-    dropped_files = parquet_files(dropped_dir)
-    histogram = kept_histogram(rows.files, seed)
+    writer = PartWriter(dropped_dir, DROPPED_SCHEMA, ROWS_PER_FILE)
+    for part in rows.dropped:
+        tables = part.tables() if isinstance(part, DroppedInFiles) else [part] if isinstance(part, pa.Table) \
+            else part.iter_batches(batch_format="pyarrow")  # a Ray Dataset: a later phase's own drops
+        for table in tables:
+            writer.write(table)
+    dropped_files = writer.close()
     accounts = Accounts(read_by_source={src: n for (src,), n in count_by(read_files, ["source"]).items()},
                         dropped_by_source_reason=count_by(dropped_files, ["source", "reason"]),
                         dropped_files=dropped_files, examples=drop_examples(dropped_files),
-                        kept_histogram=histogram, repeated_user_ids=repeated_values(read_files, "user_id"))
+                        kept=kept_keys(rows, seed), repeated_user_ids=repeated_values(read_files, "user_id"))
     if accounts.num_kept == 0:
         raise StageError("every row was dropped; nothing to train on. Relax curate.* or check the sources:\n"
                          + format_report(accounts.num_read, 0, accounts.dropped_by_reason, accounts.examples))
     return accounts
 
 
-def to_dropped(batch: pa.Table) -> pa.Table:
-    """Ray UDF: dropped rows -> the dropped Parquet schema (no messages)."""
-    return batch.select(list(DROPPED_SCHEMA.names)).cast(DROPPED_SCHEMA)
+def kept_keys(rows: Rows, seed: int) -> KeptKeys:
+    """The kept rows' ids, split keys and digests, from the columns the read pass added (computed here from
+    the conversations when a phase wrote files without them)."""
+    if rows.files and not {SPLIT_KEY, ROW_DIGEST} <= set(pq.read_schema(rows.files[0]).names):
+        table = kept_columns(rows.files, ["id", "user_id", "messages"], rows.dropped_ids)
+        keys, digests = split_columns(table, seed)
+        table = pa.table({"id": table.column("id"), SPLIT_KEY: keys, ROW_DIGEST: digests})
+    else:
+        table = kept_columns(rows.files, ["id", SPLIT_KEY, ROW_DIGEST], rows.dropped_ids)
+    return KeptKeys(ids=table.column("id").combine_chunks(),
+                    split_keys=table.column(SPLIT_KEY).to_numpy().astype(np.int64),
+                    digests=table.column(ROW_DIGEST).combine_chunks())
 
 
 def drop_examples(dropped_files: list[str]) -> dict[str, str]:
@@ -339,32 +574,39 @@ def format_report(read: int, kept: int, dropped_by_reason: dict[str, int], examp
 
 # --- 5. write -------------------------------------------------------------------------------------------
 
-def write_splits(cfg: RayloraConfig, rows: Rows, accounts: Accounts, split_dir: Path, out: Path) -> DatasetManifest:
-    """The deterministic train / eval split of the kept rows, written in one pass partitioned on the split
-    and checked against the counts; returns the manifest that records it."""
-    num_kept = accounts.num_kept
+def write_splits(cfg: RayloraConfig, rows: Rows, accounts: Accounts, out: Path) -> DatasetManifest:
+    """The deterministic train / eval split of the kept rows, streamed from the rows files into train/ and
+    eval/ with Arrow alone (the read pass left each row's output conversation and split key beside it) and
+    checked against the counts; returns the manifest that records it (each split's hash summed from the
+    kept rows' digests)."""
+    kept, num_kept = accounts.kept, accounts.num_kept
     num_eval = cfg.data.eval_size if cfg.data.eval_size is not None else round(num_kept * cfg.data.eval_fraction)
     num_eval = min(num_eval, num_kept - 1)
-    cutoff = eval_cutoff(rows.files, accounts.kept_histogram, num_eval, cfg.seed)
-    (rows.kept.map_batches(to_output, batch_format="pyarrow", fn_kwargs={"seed": cfg.seed, "cutoff": cutoff})
-     .write_parquet(str(split_dir), partition_cols=["split"]))
-    split_files = {}
-    for split in ("train", "eval"):
-        (out / split).mkdir(parents=True, exist_ok=True)
-        for path in sorted((split_dir / f"split={split}").glob("*.parquet")):
-            shutil.move(str(path), out / split / path.name)
-        split_files[split] = parquet_files(out / split)
-    train_files, eval_files = split_files["train"], split_files["eval"]
+    cutoff = eval_cutoff(kept.split_keys, kept.ids, num_eval)
+    writers = {split: PartWriter(out / split, OUTPUT_SCHEMA, ROWS_PER_FILE) for split in ("train", "eval")}
+    for split in writers:
+        (out / split).mkdir(parents=True, exist_ok=True)  # an empty eval split is an empty directory
+    present = set(pq.read_schema(rows.files[0]).names) if rows.files else set()
+    columns = ["id", "user_id", "source", *(c for c in (SPLIT_KEY, CHAT) if c in present)]
+    if CHAT not in present:
+        columns.append("messages")
+    for table in scan_kept(rows.files, columns, rows.dropped_ids):
+        train, held_out = output_tables(table, cfg.seed, cutoff)
+        writers["train"].write(train)
+        writers["eval"].write(held_out)
+    train_files, eval_files = writers["train"].close(), writers["eval"].close()
     if (written_rows(train_files), written_rows(eval_files)) != (num_kept - num_eval, num_eval):
         raise StageError(f"accounting broke: wrote {written_rows(train_files)} train and "
                          f"{written_rows(eval_files)} eval rows, expected {num_kept - num_eval} and {num_eval}")
+    in_eval = pa.array(is_eval(kept.split_keys, kept.ids, cutoff))
     kept_by_source = {src: n for (src,), n in count_by(train_files + eval_files, ["source"]).items()}
     return DatasetManifest(
         train_paths=train_files, eval_paths=eval_files, dropped_paths=accounts.dropped_files,
         num_read=accounts.num_read, num_train=num_kept - num_eval, num_eval=num_eval,
         num_dropped=sum(accounts.dropped_by_reason.values()), dropped_by_reason=accounts.dropped_by_reason,
-        per_source=accounts.per_source(kept_by_source), train_hash=split_hash(train_files),
-        eval_hash=split_hash(eval_files),
+        per_source=accounts.per_source(kept_by_source),
+        train_hash=digest_hash(kept.digests.filter(pc.invert(in_eval))),
+        eval_hash=digest_hash(kept.digests.filter(in_eval)),
         config={"data": cfg.data.model_dump(mode="json"), "curate": cfg.curate.model_dump(mode="json")},
         repeated_user_ids=accounts.repeated_user_ids,
     )

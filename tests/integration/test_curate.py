@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipelines.artifacts import DatasetManifest
-from pipelines.bench.curate import quality_table
+from pipelines.bench.curate_quality import quality_table
 from pipelines.cli import EXIT_FAILURE, main
 from pipelines.config import validate_config
 from pipelines.curate import OUTPUT_SCHEMA, curate
@@ -106,9 +106,40 @@ def test_top_k_keeps_the_best_rows(ray_local, demo_config_dict, sample_data, tmp
 
 @pytest.mark.slow
 def test_diversity_selection_with_the_bundled_embedding_model(ray_local, demo_config_dict, sample_data, tmp_path):
+    import random
+
+    import numpy as np
+
+    from pipelines.curate.embeddings import embed
+
     demo_config_dict["curate"].update({"diversity_select": 30, "near_dedup_threshold": None})
     demo_config_dict["data"]["sources"] = [{"path": _head(sample_data["alpaca"], 80, tmp_path)}]
     manifest = curate(validate_config(demo_config_dict), quiet=True)
     assert manifest.num_kept == 30
     assert manifest.dropped_by_reason["not_diverse"] == manifest.num_read - 30 - sum(
         n for reason, n in manifest.dropped_by_reason.items() if reason != "not_diverse")
+
+    # the chosen rows are farther apart than random picks of the same size from the same candidates
+    def text(messages):
+        return " ".join(m["content"] for m in messages)
+
+    chosen = [text(m) for m in pq.read_table(manifest.train_paths + manifest.eval_paths).column("messages").to_pylist()]
+    not_diverse = {row["user_id"] for row in pq.read_table(manifest.dropped_paths).to_pylist()
+                   if row["reason"] == "not_diverse"}
+    rows = []
+    for line in sample_data["alpaca"].read_bytes().split(b"\n")[:80]:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # the planted malformed lines: curation dropped them before selection
+            continue
+    candidates = chosen + [f"{r['instruction']} {r['output']}" for r in rows if r.get("id") in not_diverse]
+
+    def min_distance(texts):
+        vectors = embed(texts)
+        similarity = vectors @ vectors.T
+        np.fill_diagonal(similarity, -1.0)
+        return 1.0 - similarity.max()
+
+    rng = random.Random(0)
+    random_picks = [min_distance(rng.sample(candidates, len(chosen))) for _ in range(5)]
+    assert min_distance(chosen) > max(random_picks)

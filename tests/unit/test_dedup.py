@@ -1,4 +1,5 @@
-"""MinHash, LSH buckets, verified duplicate finding on Ray Data, decontamination, and diversity selection."""
+"""MinHash, LSH buckets, verified and transitive duplicate finding over integer keys, decontamination, and
+diversity selection."""
 
 import json
 
@@ -15,16 +16,16 @@ from pipelines.curate.decontaminate import (
 )
 from pipelines.curate.dedup import (
     DedupSpec,
-    MinHasher,
     band_keys,
     dedup_keys,
     exact_key,
+    find_duplicates,
     jaccard,
+    keeper_order,
     lsh_bands,
-    mark_duplicates,
+    minhash_signatures,
     shingles,
 )
-from pipelines.curate.raydata import shuffle_partitions
 from pipelines.curate.reasons import CONTAMINATED, EXACT_DUPLICATE, NEAR_DUPLICATE
 from pipelines.curate.select import farthest_point_ids
 
@@ -49,14 +50,14 @@ def test_minhash_estimates_jaccard():
     base = [f"w{i}" for i in rng.integers(0, 10_000, 200)]
     close = base[:180] + [f"x{i}" for i in range(20)]
     far = [f"y{i}" for i in range(200)]
-    sigs = MinHasher(256).signatures([base, close, far])
+    sigs = minhash_signatures([base, close, far], 256)
     estimate = (sigs[0] == sigs[1]).mean()
     assert estimate == pytest.approx(jaccard(base, close), abs=0.08)
     assert (sigs[0] == sigs[2]).mean() < 0.05
 
 
 def test_band_keys_collide_for_equal_signatures_only_per_band():
-    sigs = MinHasher(128).signatures([["a b c"], ["a b c"], ["d e f"]])
+    sigs = minhash_signatures([["a b c"], ["a b c"], ["d e f"]], 128)
     keys = band_keys(sigs, *lsh_bands(0.7, 128))
     assert (keys[0] == keys[1]).all() and not (keys[0] == keys[2]).any()
     assert len(set(keys[0])) == keys.shape[1]  # band index is salted in: bands never share a key
@@ -67,21 +68,27 @@ def test_lsh_is_tuned_to_miss_few_pairs_at_the_threshold():
     assert 1 - (1 - 0.75 ** rows) ** bands > 0.95
 
 
-def _duplicates(ray, conversations, spec, work_dir, user_ids=None):
-    """Mark duplicates among ``conversations`` (internal key -> messages); ``user_ids`` (key -> the user's id)."""
+def _duplicates(conversations, spec, user_ids=None):
+    """Duplicates among ``conversations`` (internal key -> messages) as curation finds them: keys from the read
+    pass, rows in keeper order (``user_ids``: key -> the user's id), clusters from the integer keys alone."""
     user_ids = user_ids or {}
-    rows = ray.data.from_arrow(pa.table({
-        "id": list(conversations), "user_id": pa.array([user_ids.get(k) for k in conversations], pa.string()),
-        "source": ["s"] * len(conversations),
-        "messages": [json.dumps(m) for m in conversations.values()], "reason": [""] * len(conversations),
-        "detail": [""] * len(conversations), "dedup_keys": dedup_keys(list(conversations.values()), spec)}))
-    with shuffle_partitions(2):
-        marked = mark_duplicates(rows, spec).take_all()
-    assert sorted(r["id"] for r in marked) == sorted(conversations)  # every row comes back once
-    return {r["id"]: (r["reason"], r["detail"]) for r in marked if r["reason"]}
+    ids = list(conversations)
+    order = keeper_order(pa.array([user_ids.get(k) for k in ids], pa.string()), pa.array(ids))
+    ordered = [ids[i] for i in order]
+    keys = dedup_keys([conversations[k] for k in ordered], spec).to_pylist()
+    asked = []
+
+    def shingle_sets(positions):
+        asked.extend(positions.tolist())
+        return {p: set(shingles(conversations[ordered[p]], spec.shingle_words)) for p in positions.tolist()}
+
+    found = find_duplicates(np.array(keys, dtype=np.int64), spec, shingle_sets)
+    assert len(set(asked)) == len(asked)  # each candidate's text is read once
+    return {ordered[row]: (reason, f"duplicate of {ordered[keeper]}")
+            for row, keeper, reason in zip(found.rows.tolist(), found.keepers.tolist(), found.reasons(), strict=True)}
 
 
-def test_find_duplicates_on_ray_keeps_the_smallest_id(ray_local, tmp_path):
+def test_find_duplicates_keeps_the_smallest_id():
     system = "You are a precise assistant. Answer with the result only."
     long_row = chat("What is 4 + 7? Then tell me what comes after 12 and sort 3 1 2.", "11, 13 and 1 2 3",
                     system)
@@ -92,18 +99,18 @@ def test_find_duplicates_on_ray_keeps_the_smallest_id(ray_local, tmp_path):
         "d": chat("What is 3 + 4?", "7"), "e": chat("What is 3 + 5?", "8"),  # siblings, not duplicates
         "f": chat("What is 3 + 4?", "7"),
     }
-    assert _duplicates(ray_local, conversations, DedupSpec(threshold=0.7), tmp_path) == {
+    assert _duplicates(conversations, DedupSpec(threshold=0.7)) == {
         "b": (NEAR_DUPLICATE, "duplicate of a"), "c": (EXACT_DUPLICATE, "duplicate of a"),
         "f": (EXACT_DUPLICATE, "duplicate of d")}
 
 
-def test_exact_only(ray_local, tmp_path):
+def test_exact_only():
     conversations = {"x": chat("What is 3 + 4?", "7"), "w": chat("what is 3 + 4?", "7")}
-    assert _duplicates(ray_local, conversations, DedupSpec(threshold=None), tmp_path) == {
+    assert _duplicates(conversations, DedupSpec(threshold=None)) == {
         "x": (EXACT_DUPLICATE, "duplicate of w")}
 
 
-def test_rows_are_told_apart_by_their_keys_and_the_smallest_user_id_is_kept(ray_local, tmp_path):
+def test_rows_are_told_apart_by_their_keys_and_the_smallest_user_id_is_kept():
     """Issue 11: identical lines without an id used to share one content id, and neither was marked; rows that
     share a user id are not duplicates unless their text is."""
     conversations = {"a:1": chat("What is 3 + 4?", "7"), "a:2": chat("What is 3 + 4?", "7"),
@@ -111,7 +118,7 @@ def test_rows_are_told_apart_by_their_keys_and_the_smallest_user_id_is_kept(ray_
                      "c:1": chat("What is 8 + 1?", "9"), "d:1": chat("Sort 5 2 8.", "2 5 8"),
                      "d:2": chat("What is 8 + 1?", "9")}
     user_ids = {"c:1": "1", "d:1": "1", "d:2": "0"}  # both sources number their rows
-    assert _duplicates(ray_local, conversations, DedupSpec(threshold=0.7), tmp_path, user_ids) == {
+    assert _duplicates(conversations, DedupSpec(threshold=0.7), user_ids) == {
         "a:2": (EXACT_DUPLICATE, "duplicate of a:1"), "b:1": (EXACT_DUPLICATE, "duplicate of a:1"),
         "c:1": (EXACT_DUPLICATE, "duplicate of d:2")}
 
@@ -149,3 +156,43 @@ def test_dedup_keys_exact_first_then_one_per_band_and_none_for_dropped_rows():
     assert len(keys[0]) == 1 + lsh_bands(0.7, 128)[0] and keys[1] == [] and keys[0] == keys[2]
     assert keys[0][0] == exact_key(chat("a b c", "d"))
     assert dedup_keys([chat("a", "b")], DedupSpec(threshold=None)).to_pylist() == [[exact_key(chat("a", "b"))]]
+
+
+def _words(count, start=0):
+    return " ".join(f"w{i}" for i in range(start, start + count))
+
+
+def test_near_duplicate_clusters_are_transitive_and_keep_their_first_row():
+    """a~b and b~c, a and c not close: one cluster, one row kept (a chain the star to a alone would miss)."""
+    a = chat(_words(40), "done")
+    b = chat(_words(40, 4), "done")  # 36 of 40 words shared with a, and with c
+    c = chat(_words(40, 8), "done")
+    spec = DedupSpec(threshold=0.7)
+    assert jaccard(shingles(a, 3), shingles(b, 3)) >= 0.7 and jaccard(shingles(b, 3), shingles(c, 3)) >= 0.7
+    assert jaccard(shingles(a, 3), shingles(c, 3)) < 0.7
+    found = _duplicates({"k:1": a, "k:2": b, "k:3": c, "k:4": chat(_words(40, 100), "other")}, spec)
+    assert found == {"k:2": (NEAR_DUPLICATE, "duplicate of k:1"), "k:3": (NEAR_DUPLICATE, "duplicate of k:1")}
+
+
+def test_an_exact_copy_of_a_near_duplicate_joins_its_cluster_and_is_named_by_its_keeper():
+    """The reason says how a row relates to the row kept in its place: exact only when it is that row's text."""
+    a, b = chat(_words(40), "done"), chat(_words(40, 4), "done")
+    found = _duplicates({"k:1": a, "k:2": b, "k:3": [dict(m) for m in b], "k:4": [dict(m) for m in a]},
+                        DedupSpec(threshold=0.7))
+    assert found == {"k:2": (NEAR_DUPLICATE, "duplicate of k:1"), "k:3": (NEAR_DUPLICATE, "duplicate of k:1"),
+                     "k:4": (EXACT_DUPLICATE, "duplicate of k:1")}
+
+
+@pytest.mark.parametrize("spec", [DedupSpec(threshold=0.7), DedupSpec(threshold=None),
+                                  DedupSpec(exact=False, threshold=0.7)], ids=["exact+near", "exact", "near"])
+def test_the_same_rows_in_any_order_keep_the_same_rows(spec):
+    rng = np.random.default_rng(1)
+    conversations = {f"s:{i}": chat(_words(30, int(rng.integers(0, 12)) * 3), "ok") for i in range(40)}
+    first = _duplicates(conversations, spec)
+    shuffled = dict(sorted(conversations.items(), key=lambda kv: rng.random()))
+    assert first and _duplicates(shuffled, spec) == first
+
+
+def test_no_rows_no_duplicates():
+    found = find_duplicates(np.zeros((0, 0), np.int64), DedupSpec(threshold=0.7), lambda positions: {})
+    assert len(found.rows) == 0

@@ -20,15 +20,21 @@ from pipelines.curate.filters import (
 )
 from pipelines.curate.reasons import (
     BAD_TURNS,
+    CLASSIFIED_REFUSAL,
+    ECHOED_PROMPT,
     EMPTY_ANSWER,
+    INADEQUATE_ANSWER,
     KEPT,
+    NON_WORDS,
     OTHER_LANGUAGE,
     OVER_LONG,
+    PLACEHOLDER,
     REFUSAL,
     REPEATED_LINES,
     REPEATED_NGRAMS,
     SHORT_ANSWER,
     TEMPLATE_ERROR,
+    UNRELATED_ANSWER,
 )
 from pipelines.curate.select import quality_score
 
@@ -164,7 +170,8 @@ def test_identify_language_matches_langid():
 
 
 def test_filters_can_be_turned_off():
-    settings = CurateConfig(drop_refusals=False, languages=[])
+    settings = CurateConfig(drop_refusals=False, languages=[], refusal_classifier_threshold=None,
+                            min_answer_relatedness=None)
     chain = build_filters(settings, None, 256)
     refusal = chat("u What is 3 + 4?", "a As an AI language model, I cannot help with that request.")
     assert first_failure(refusal, chain) == ""
@@ -176,7 +183,10 @@ def test_quality_prefers_substance():
 
 def test_the_chain_is_named_filters_in_order():
     chain = build_filters(CurateConfig(), len, 256)
-    assert [f.name for f in chain] == ["turn_order", "answer_chars", "refusal_phrases", "line_repetition",
-                                       "ngram_repetition", "answer_ratio", "token_length", "language_id"]
-    assert [f.reason for f in chain] == [BAD_TURNS, EMPTY_ANSWER, REFUSAL, REPEATED_LINES, REPEATED_NGRAMS,
-                                         SHORT_ANSWER, OVER_LONG, OTHER_LANGUAGE]
+    assert [f.name for f in chain] == ["turn_order", "answer_chars", "refusal_phrases", "prompt_echo",
+                                       "line_repetition", "ngram_repetition", "answer_ratio", "placeholder_text",
+                                       "non_word_text", "token_length", "language_id", "answer_adequacy",
+                                       "refusal_classifier", "answer_relatedness"]
+    assert [f.reason for f in chain] == [BAD_TURNS, EMPTY_ANSWER, REFUSAL, ECHOED_PROMPT, REPEATED_LINES,
+                                         REPEATED_NGRAMS, SHORT_ANSWER, PLACEHOLDER, NON_WORDS, OVER_LONG,
+                                         OTHER_LANGUAGE, INADEQUATE_ANSWER, CLASSIFIED_REFUSAL, UNRELATED_ANSWER]

@@ -20,7 +20,8 @@ def _filter_classes(cls=Filter):
 
 def test_every_reason_curation_gives_is_in_the_table_and_every_entry_is_given():
     given = {cls.reason for cls in _filter_classes()}
-    given |= {formats.MALFORMED, *dedup.DUPLICATE_REASON.values(), select.BELOW_TOP_K, select.NOT_DIVERSE,
+    given |= {formats.MALFORMED, dedup.EXACT_DUPLICATE, dedup.NEAR_DUPLICATE, select.BELOW_TOP_K, select.NOT_DIVERSE,
+              select.OVER_SOURCE_CAP, select.OVER_SOURCE_WEIGHT,
               reasons.TEMPLATE_ERROR}  # the length filter's second verdict: a row the chat template cannot render
     assert ContaminationFilter.reason in given
     assert given == set(reasons.REASONS)
