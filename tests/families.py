@@ -140,3 +140,10 @@ def with_few_eval_rows(manifest, out_dir: str | Path, rows: int = 16):
     path = Path(out_dir) / "eval-head.parquet"
     pq.write_table(pq.read_table(manifest.eval_paths[0]).slice(0, rows), path)
     return dataclasses.replace(manifest, eval_paths=[str(path)], num_eval=rows)
+
+
+def build_chat_and_base_families(root: Path, base_family: str) -> dict[str, str]:
+    """Llama 3 and Qwen2 with their chat templates, and ``<base_family>-base`` without one, under ``root``."""
+    dirs = {name: str(build_family(name, root / name)) for name in ("llama3", "qwen2")}
+    dirs[f"{base_family}-base"] = str(build_family(base_family, root / f"{base_family}-base", chat_template=False))
+    return dirs

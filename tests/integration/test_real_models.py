@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from families import build_family, with_few_eval_rows
+from families import build_chat_and_base_families, with_few_eval_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters.build import build_model
@@ -31,10 +31,7 @@ NO_ANSWER_MARK = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # no r
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("families")
-    dirs = {name: str(build_family(name, root / name)) for name in ("llama3", "qwen2")}
-    dirs["mistral-base"] = str(build_family("mistral", root / "mistral-base", chat_template=False))
-    return dirs
+    return build_chat_and_base_families(tmp_path_factory.mktemp("families"), "mistral")
 
 
 def family_config(demo_config_dict, base: str, **sections) -> dict:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from families import build_family
+from families import build_chat_and_base_families
 
 from adapters.tokenizer import load_counting_tokenizer, load_tokenizer
 from pipelines.config import ModelConfig
@@ -22,10 +22,7 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("families")
-    dirs = {name: str(build_family(name, root / name)) for name in ("llama3", "qwen2")}
-    dirs["llama3-base"] = str(build_family("llama3", root / "llama3-base", chat_template=False))
-    return dirs
+    return build_chat_and_base_families(tmp_path_factory.mktemp("families"), "llama3")
 
 
 @pytest.mark.parametrize(("family", "chat_template"), [("llama3", None), ("qwen2", None), ("llama3-base", "chatml"),
