@@ -108,17 +108,26 @@ def trial_count(cfg: RayloraConfig) -> int:
     return cfg.tune.num_samples if cfg.tune.search == "tpe" else len(search_points(cfg))
 
 
+SCHEDULER_STEP = "scheduler_step"  # the step as ASHA sees it: never the last one
+
+
+def last_scheduler_step(cfg: RayloraConfig) -> int:
+    """A trial's reports reach ASHA at most at the step before its last: a decision at the last report would
+    stop a trial that has trained to the end before it exports its adapter, and ASHA stops every trial that
+    reaches its max_t."""
+    return (cfg.train.max_steps or 10**9) - 1
+
+
 def scheduler(cfg: RayloraConfig) -> Any:
-    """ASHA on the metric, by training step: a trial may be stopped after ``grace_period`` evaluations. Its
-    max_t lies past the last step, so a trial that trains to the end finishes on its own (and exports its
-    adapter) rather than being stopped at its last report."""
+    """ASHA on the metric, by training step (capped, see ``last_scheduler_step``): a trial may be stopped after
+    ``grace_period`` evaluations; a trial that trains to the end finishes on its own."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if cfg.tune.scheduler == "fifo":
         return FIFOScheduler()
-    every = cfg.train.eval_every
-    return ASHAScheduler(time_attr="step", max_t=(cfg.train.max_steps or 10**9) + 1,
-                         grace_period=cfg.tune.grace_period * every, reduction_factor=cfg.tune.reduction_factor)
+    return ASHAScheduler(time_attr=SCHEDULER_STEP, max_t=last_scheduler_step(cfg) + 1,
+                         grace_period=cfg.tune.grace_period * cfg.train.eval_every,
+                         reduction_factor=cfg.tune.reduction_factor)
 
 
 def trials_at_once(cfg: RayloraConfig, cluster: dict[str, float]) -> int:

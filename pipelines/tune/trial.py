@@ -23,10 +23,12 @@ from typing import Any
 
 import ray
 from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipelines.artifacts import DatasetManifest
 from pipelines.config import RayloraConfig
 from pipelines.config.search_space import apply_point
+from pipelines.tune.space import SCHEDULER_STEP, last_scheduler_step
 
 ABORT_TIMEOUT_S = 60
 TRAIN_RESULT_KEY = "train_result_path"
@@ -44,6 +46,18 @@ class ControllerHandle:
 
     def get(self) -> Any:
         return self.handle
+
+
+class ReportToTune(TuneReportCallback):
+    """Ray's TuneReportCallback, adding the step as the scheduler sees it (``space.last_scheduler_step``)."""
+
+    def __init__(self, last_scheduler_step: int) -> None:
+        super().__init__()
+        self.last_scheduler_step = last_scheduler_step
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        first = {**metrics[0], SCHEDULER_STEP: min(metrics[0].get("step", 0), self.last_scheduler_step)}
+        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
 class ShareControllerHandle(ControllerCallback):
@@ -82,7 +96,6 @@ def run_trial(point: dict[str, Any], base: dict[str, Any], manifest: dict[str, A
     search driver's working directory (Tune starts a trial in its trial directory), where the config's
     relative paths point."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.train import TRAIN_RESULT_FILE, train
 
@@ -93,7 +106,7 @@ def run_trial(point: dict[str, Any], base: dict[str, Any], manifest: dict[str, A
         RUNNING.holder, RUNNING.stopping = holder, False
     try:
         result = train(cfg, DatasetManifest(**manifest), parent_run_id=parent_run_id,
-                       callbacks=[TuneReportCallback(), ShareControllerHandle(holder)])
+                       callbacks=[ReportToTune(last_scheduler_step(cfg)), ShareControllerHandle(holder)])
     except Exception:
         if RUNNING.stopping:  # the scheduler stopped this trial and cleanup aborted its run: the expected end
             return
@@ -102,7 +115,7 @@ def run_trial(point: dict[str, Any], base: dict[str, Any], manifest: dict[str, A
         with RUNNING_LOCK:
             RUNNING.holder = None
     # a finished run reports nothing when it is only looked up, so its final metrics are reported once here
-    tune.report({**result.metrics, TRAIN_RESULT_KEY: str(Path(result.adapter_path).parent / TRAIN_RESULT_FILE)})
+    tune.report({**result.metrics, SCHEDULER_STEP: last_scheduler_step(cfg), TRAIN_RESULT_KEY: str(Path(result.adapter_path).parent / TRAIN_RESULT_FILE)})
 
 
 def abort_running_train() -> None:
