@@ -36,11 +36,12 @@ import pyarrow.parquet as pq
 from cluster.runtime_env import ensure_ray
 from pipelines.bench.curate_quality import run_quality
 from pipelines.config import RayloraConfig
+from pipelines.curate.chain import chain_spec, filter_batch
 from pipelines.curate.dedup import dedup_spec, find_duplicates, keeper_order, shingles
 from pipelines.curate.readers import chunk_items, plan_chunks, read_chunk_batch
 from pipelines.curate.reasons import KEPT
 from pipelines.curate.split import ROW_DIGEST, SPLIT_KEY, digest_hash, eval_cutoff, is_eval, output_tables
-from pipelines.curate.stage import DROPPED_SCHEMA, PHASES, chain_spec, curate, filter_batch, key_matrix
+from pipelines.curate.stage import DROPPED_SCHEMA, PHASES, curate, key_matrix
 from pipelines.demo import sample_data
 
 FORMATS = sample_data.FORMATS

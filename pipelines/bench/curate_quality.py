@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipelines.config import RayloraConfig
+from pipelines.curate.chain import filter_chain, load_eval_index
 from pipelines.curate.filters import Messages, first_failures, length_model, token_limit
 from pipelines.curate.formats import MalformedRecord, canonical_row, parse_line
 from pipelines.curate.reasons import (
@@ -38,7 +39,7 @@ from pipelines.curate.reasons import (
     SHORT_ANSWER,
     UNRELATED_ANSWER,
 )
-from pipelines.curate.stage import curate, filter_chain, load_eval_index
+from pipelines.curate.stage import curate
 from pipelines.demo import sample_data
 
 LABELLED_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "curation_quality" / "labelled.jsonl"
