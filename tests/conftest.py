@@ -48,6 +48,9 @@ def deepspeed_world_of_one():
     import deepspeed
     import torch
 
+    from pipelines.train.build_locks import clear_stale_build_locks
+
+    clear_stale_build_locks()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -23,6 +23,7 @@ import torch
 from pipelines.config import RayloraConfig
 from pipelines.errors import ConfigError
 from pipelines.models import resolve_base_model
+from pipelines.train.build_locks import clear_stale_build_locks
 from pipelines.train.data import model_inputs
 
 
@@ -141,6 +142,7 @@ def build_engine(cfg: RayloraConfig, total_steps: int, base_path: str | None = N
 
     from adapters.build import build_model
 
+    clear_stale_build_locks()
     deepspeed.init_distributed(dist_backend="nccl" if cfg.cluster.use_gpu else "gloo")
     torch.manual_seed(cfg.train.seed)
     base_path = base_path or resolve_base_model(cfg.model.base)
