@@ -67,6 +67,9 @@ class DatasetManifest(Artifact):
     # user ids that more than one row read carries: {"ids": how many, "rows": on how many rows, "examples":
     # {id: rows}}; the rows are kept apart by their internal key, so this is a note, not a drop
     repeated_user_ids: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # what shaped this output (pipelines.fingerprint.curate_fingerprint); "" when an input could not be hashed,
+    # so the output is never reused
+    fingerprint: str = ""
 
     @property
     def num_kept(self) -> int:

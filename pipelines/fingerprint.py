@@ -5,7 +5,8 @@
 
 Inputs are flattened to ``{"train.lr": "0.001", ...}``: the resolved config less the keys that do not change
 the trained adapter (logging and eval cadence, where the run is tracked and which cluster it runs on), plus the
-train and eval data hashes. ``cluster.num_workers`` stays in: it sets the effective batch.
+train and eval data hashes. ``cluster.num_workers`` stays in: it sets the effective batch. Curation has its
+own: the keys that shape its output plus the content of every file it reads.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ RESULT_NEUTRAL = ("run_name", "workdir", "data.", "curate.", "tune.", "register.
                   "train.log_every", "train.eval_every", "train.eval_max_new_tokens", "train.eval_generate_limit",
                   "train.keep_checkpoints", "model.config_file")
 RESULT_SHAPING_CLUSTER_KEYS = ("cluster.num_workers", "cluster.use_gpu")
+# what shapes curation's output: its own sections, the seed of its picks and split, and the tokenizer it counts with
+CURATE_SHAPING = ("data.", "curate.", "seed", "model.base", "model.revision", "model.max_seq_len",
+                  "model.chat_template", "model.trust_remote_code")
+CURATE_NEUTRAL = ("curate.output_dir",)
 LAST_RUN_FILE = "last_run.json"
 
 
@@ -62,6 +67,15 @@ def train_fingerprint(cfg: RayloraConfig, data_hashes: Mapping[str, str]) -> Fin
     inputs = {k: v for k, v in flat.items()
               if k in RESULT_SHAPING_CLUSTER_KEYS or not k.startswith(RESULT_NEUTRAL)}
     inputs.update({f"data_hash.{name}": value for name, value in data_hashes.items()})
+    return Fingerprint(inputs)
+
+
+def curate_fingerprint(cfg: RayloraConfig, file_digests: Mapping[str, str]) -> Fingerprint:
+    """Curation's fingerprint: the config keys that shape its output plus a digest of every input file's
+    content (the sources and the eval sets it decontaminates against)."""
+    flat = flatten(cfg.model_dump(mode="json"))
+    inputs = {k: v for k, v in flat.items() if k.startswith(CURATE_SHAPING) and not k.startswith(CURATE_NEUTRAL)}
+    inputs.update({f"file.{path}": digest for path, digest in file_digests.items()})
     return Fingerprint(inputs)
 
 

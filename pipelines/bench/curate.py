@@ -244,7 +244,7 @@ def run_bench(cfg: RayloraConfig, sizes: tuple[int, ...] = (50_000, 200_000, 1_0
         ray_phases: dict[str, float] = {}
         with peak_rss() as memory:
             start = time.perf_counter()
-            manifest = curate(scale_cfg, quiet=True, phase_seconds=ray_phases)
+            manifest = curate(scale_cfg, quiet=True, phase_seconds=ray_phases, reuse=False)
             ray_s = time.perf_counter() - start
         loop = run_plain_loop(scale_cfg)
         loop_s = sum(loop["seconds"].values())

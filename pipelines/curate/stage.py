@@ -22,6 +22,7 @@ write.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -53,6 +54,7 @@ from pipelines.curate.dedup import (
 )
 from pipelines.curate.embeddings import embedding_model_path
 from pipelines.curate.formats import ROW_SCHEMA
+from pipelines.curate.inputs import input_fingerprint
 from pipelines.curate.output_dir import check_replaceable, moved, swap_in
 from pipelines.curate.raydata import (
     PartWriter,
@@ -83,6 +85,7 @@ from pipelines.curate.split import (
 )
 from pipelines.curate.timing import format_filter_seconds, start_clock
 from pipelines.errors import ConfigError, StageError
+from pipelines.fingerprint import Fingerprint
 
 DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("user_id", pa.string()), ("source", pa.string()),
                             ("reason", pa.string()), ("detail", pa.string())])
@@ -168,15 +171,24 @@ class Accounts:
 
 
 def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False,
-           phase_seconds: dict[str, float] | None = None) -> DatasetManifest:
+           phase_seconds: dict[str, float] | None = None, reuse: bool = True) -> DatasetManifest:
     """Run curation for ``cfg``; returns the manifest (also written to ``<output>/manifest.json``).
 
-    ``verbose`` shows Ray Data's progress bars and per-execution INFO logs (hidden otherwise);
-    ``phase_seconds``, when given, receives the wall seconds of each of ``PHASES``.
+    When the output holds a manifest of the same inputs (config and file contents, see ``inputs.py``) and
+    ``reuse`` is true, that manifest is returned with a line saying so. ``verbose`` shows Ray Data's progress
+    bars and per-execution INFO logs (hidden otherwise); ``phase_seconds``, when given, receives the wall
+    seconds of each of ``PHASES``.
     """
     import ray
 
     out = cfg.path(cfg.curate.output_dir)
+    fingerprint, unhashable = input_fingerprint(cfg)
+    if reuse and (done := finished_output(out, fingerprint)):
+        print(f"raylora curate: {out} already holds the curation of these inputs ({fingerprint.digest}): "
+              f"train {done.num_train}, eval {done.num_eval}, dropped {done.num_dropped}; reused", flush=True)
+        return done
+    if unhashable and not quiet:
+        print(f"raylora curate: {unhashable}, so its output is never reused: curating", flush=True)
     check_replaceable(out)
     ensure_ray(cfg)
     staging = out.with_name(f".{out.name}.staging")  # a crashed run's staging is cleared by the next
@@ -198,7 +210,7 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False,
             with timed(seconds, "write"):
                 manifest = write_splits(cfg, chosen, accounts, staging)
         shutil.rmtree(work)
-        manifest = moved(manifest, staging, out)
+        manifest = dataclasses.replace(moved(manifest, staging, out), fingerprint=fingerprint.digest if fingerprint else "")
         manifest.write(staging / MANIFEST_FILE)
         swap_in(staging, out)
     finally:
@@ -208,6 +220,15 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False,
                             accounts.repeated_user_ids))
         print(format_filter_seconds(read.filter_seconds, accounts.num_read))
     return manifest
+
+
+def finished_output(out: Path, fingerprint: Fingerprint | None) -> DatasetManifest | None:
+    """The manifest in ``out`` when it was written from the inputs ``fingerprint`` hashes."""
+    path = out / MANIFEST_FILE
+    if fingerprint is None or not path.is_file():
+        return None
+    manifest = DatasetManifest.read(path)
+    return manifest if manifest.fingerprint == fingerprint.digest else None
 
 
 @contextmanager

@@ -39,9 +39,9 @@ def test_source_cap_then_weights_through_the_cli(ray_local, demo_config_dict, sa
     assert capped == {"head-alpaca"} and weighted == {"head-openai"}
     assert manifest.dropped_by_reason["over_source_cap"] == sum(r["reason"] == "over_source_cap" for r in dropped)
 
-    # the same config picks the same rows
+    # the same config picks the same rows, curated again
     kept = sorted(pq.read_table(manifest.train_paths + manifest.eval_paths).column("id").to_pylist())
-    assert main(["curate", str(config)]) == 0
+    assert main(["curate", str(config), "--force"]) == 0
     again = DatasetManifest.read(cfg.path("curated", "manifest.json"))
     assert sorted(pq.read_table(again.train_paths + again.eval_paths).column("id").to_pylist()) == kept
 
