@@ -47,9 +47,15 @@ def flat_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def experiment_id(tracking_uri: str, experiment: str) -> str:
-    """The experiment's id, created on first use."""
+    """The experiment's id, created on first use; on a SQLite store its artifacts live beside the database file
+    (MLflow's default is ./mlruns of whichever process creates it: a Ray job's scratch copy of the project)."""
     found = client(tracking_uri).get_experiment_by_name(experiment)
-    return found.experiment_id if found else client(tracking_uri).create_experiment(experiment)
+    if found:
+        return found.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return client(tracking_uri).create_experiment(experiment, artifact_location=location)
 
 
 def open_run(tracking_uri: str, experiment: str, run_name: str, stage: str, *, fingerprint: str,
@@ -92,11 +98,18 @@ def finish_run(tracking_uri: str, run_id: str, *, metrics: Mapping[str, float], 
     now = int(time.time() * 1000)
     mlflow_client.log_batch(run_id, metrics=[Metric(f"final_{k}", float(v), now, step) for k, v in metrics.items()])
     for artifact_path, local in (artifacts or {}).items():
+        log_files(tracking_uri, run_id, [Path(local)], artifact_path)
+    mlflow_client.set_terminated(run_id, status="FINISHED")
+
+
+def log_files(tracking_uri: str, run_id: str, paths: list[Path], artifact_path: str) -> None:
+    """Each file, or each directory's files, under ``artifact_path`` of the run (a finished run too)."""
+    mlflow_client = client(tracking_uri)
+    for local in paths:
         if Path(local).is_dir():
             mlflow_client.log_artifacts(run_id, str(local), artifact_path=artifact_path)
         else:
             mlflow_client.log_artifact(run_id, str(local), artifact_path=artifact_path)
-    mlflow_client.set_terminated(run_id, status="FINISHED")
 
 
 def child_runs(tracking_uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
@@ -189,11 +202,12 @@ def prepare_sqlite_store(uri: str) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
 
 
-def log_adapter_model(tracking_uri: str, run_id: str, *, model_code: Path, artifacts: Mapping[str, str],
-                      model_config: Mapping[str, Any], input_example: list[str], pip_requirements: list[str],
-                      params: Mapping[str, str]) -> str:
+def log_adapter_model(tracking_uri: str, run_id: str, *, model_code: Path, code_paths: list[Path],
+                      artifacts: Mapping[str, str], model_config: Mapping[str, Any], input_example: list[str],
+                      pip_requirements: list[str], params: Mapping[str, str]) -> str:
     """Log a pyfunc model from code (MLflow 3's logged model, ``name="model"``) into ``run_id``; returns its
-    ``models:/<model_id>`` URI. Every artifact is uploaded before this returns."""
+    ``models:/<model_id>`` URI. ``code_paths`` are files shipped beside the code and importable by their own
+    names where the model loads. Every artifact is uploaded before this returns."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -202,7 +216,8 @@ def log_adapter_model(tracking_uri: str, run_id: str, *, model_code: Path, artif
     try:
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(model_code), artifacts=dict(artifacts),
+                name="model", python_model=str(model_code), code_paths=[str(path) for path in code_paths],
+                artifacts=dict(artifacts),
                 model_config=dict(model_config), input_example=input_example, pip_requirements=pip_requirements,
                 params=dict(params))
     finally:
@@ -277,6 +292,11 @@ class Registry:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         source = self.client.get_model_version_download_uri(name, version)
         return Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri))
+
+    def versions_tagged(self, name: str, tags: Mapping[str, str]) -> list[str]:
+        """The versions of ``name`` that carry every one of ``tags``, oldest first."""
+        where = " and ".join([f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+        return sorted((str(v.version) for v in self.client.search_model_versions(where)), key=int)
 
     def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(name, version, key, value)

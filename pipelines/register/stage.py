@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,17 @@ from pipelines.register.alias_lock import AliasLock
 from pipelines.register.aliases import crown, move_alias
 from pipelines.register.gate import GateDecision, decide, gate_set_key
 from pipelines.register.lineage import MAX_TAG_CHARS, library_versions, lineage_tags, write_lineage_files
-from pipelines.tracking import Registry
+from pipelines.tracking import Registry, RegistryNotFound
 from pipelines.train import TRAIN_RESULT_FILE, evaluate_adapter
 
 REGISTRATION_FILE = "registration.json"
 REGISTRATION_TAG = "raylora.registration"  # "complete", or "failed: <why>" on a version left half-way
 DECISION_TAG = "raylora.gate_decision"
+NO_DECISION = "no decision"  # how DECISION_TAG starts on a version whose gate decision failed
 MEASURED_TAG_PREFIX = "raylora.measured."  # + gate set key: the version's metrics on that set, as JSON
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+# what the model code imports (loading and answering), found without importing it (torch, peft, transformers)
+MODEL_CODE_PATHS = [Path(find_spec("adapters.generation").origin)]
 INPUT_EXAMPLE = ["What is 2 + 3?"]
 SERVING_LIBRARIES = ("mlflow", "torch", "transformers", "peft", "safetensors", "accelerate")
 # Test-only hook, read only when RAYLORA_TEST_HOOKS=1: seconds to hold the alias lock after reading the
@@ -212,6 +216,29 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def already_registered(registry: Registry, cfg: RayloraConfig, result: TrainResult, set_key: str,
+                       source: Path) -> Registration | None:
+    """The completed version of ``name`` that holds this very adapter (same run fingerprint) measured on the
+    same gate set, as it stands now in the registry; None when there is none."""
+    name = cfg.register.model_name
+    try:
+        registry.registered_model(name)
+    except RegistryNotFound:
+        return None
+    versions = registry.versions_tagged(name, {"train.fingerprint": result.fingerprint, "gate.set_key": set_key,
+                                               REGISTRATION_TAG: "complete"})
+    decided = [(v, tags) for v in versions if not (tags := registry.version_tags(name, v)).get(
+        DECISION_TAG, NO_DECISION).startswith(NO_DECISION)]  # an undecided one is registered again, as its error says
+    if not decided:
+        return None
+    version, tags = decided[-1]
+    aliases = sorted(alias for alias, v in registry.registered_model(name).aliases.items() if str(v) == version)
+    champion = registry.alias_version(name, cfg.register.champion_alias)
+    return Registration(model_name=name, version=version, aliases=aliases, promoted=champion == version,
+                        reason=tags[DECISION_TAG], champion_version=champion,
+                        gate_metrics=json.loads(tags[MEASURED_TAG_PREFIX + set_key]), source=str(source))
+
+
 def register(cfg: RayloraConfig, source: str | Path | None = None) -> Registration:
     """Register the adapter of ``source`` (see ``find_source``) as a new version of ``register.model_name`` and
     let the gate decide on ``champion``; returns the Registration (also written as JSON)."""
@@ -221,12 +248,16 @@ def register(cfg: RayloraConfig, source: str | Path | None = None) -> Registrati
     result = found.train_result
     trained = trained_config(result, found.path)
     set_key = gate_set_key(cfg, gate_set)
+    name = cfg.register.model_name
+    registry = Registry(cfg.tracking_uri, cfg.register.registry_uri)
+    if done := already_registered(registry, cfg, result, set_key, found.path):
+        print(f"raylora register: {found.describe()} is already version {done.version} of {name} (measured on "
+              f"set {set_key}); its aliases now: {', '.join(done.aliases) or 'none'}", flush=True)
+        return done
     print(f"raylora register: measuring {found.describe()} on the gate set {gate_set} (set {set_key})", flush=True)
     metrics = evaluate_adapter(with_eval_settings(trained, cfg), result.adapter_path, gate_set)
     gate = {"eval_set": str(gate_set), "set_key": set_key, "metrics": metrics}
 
-    name = cfg.register.model_name
-    registry = Registry(cfg.tracking_uri, cfg.register.registry_uri)
     run_id = tracking.create_run(cfg.tracking_uri, cfg.tracking.experiment, f"register-{result.run_name}", {
         tracking.RUN_NAME_TAG: cfg.run_name, tracking.STAGE_TAG: "register",
         tracking.FINGERPRINT_TAG: result.fingerprint})
@@ -237,7 +268,7 @@ def register(cfg: RayloraConfig, source: str | Path | None = None) -> Registrati
             lineage = write_lineage_files(Path(tmp) / "lineage", cfg, result, found.tune_result,
                                           curation_report(cfg, result), gate)
             model_uri = tracking.log_adapter_model(
-                cfg.tracking_uri, run_id, model_code=MODEL_CODE,
+                cfg.tracking_uri, run_id, model_code=MODEL_CODE, code_paths=MODEL_CODE_PATHS,
                 artifacts={"adapter": result.adapter_path, "lineage": str(lineage)},
                 model_config=serving_config(trained, cfg), input_example=INPUT_EXAMPLE,
                 pip_requirements=pip_requirements(trained),
@@ -251,7 +282,7 @@ def register(cfg: RayloraConfig, source: str | Path | None = None) -> Registrati
     except BaseException as err:
         # a version left half-way says so (promote refuses it); a complete one whose decision failed says that
         if version is not None:
-            key, value = (DECISION_TAG, f"no decision: {err}") if complete else (REGISTRATION_TAG, f"failed: {err}")
+            key, value = (DECISION_TAG, f"{NO_DECISION}: {err}") if complete else (REGISTRATION_TAG, f"failed: {err}")
             registry.set_version_tag(name, version, key, value[:MAX_TAG_CHARS])
         tracking.fail_run(cfg.tracking_uri, run_id)
         if isinstance(err, ConfigError | StageError) or not isinstance(err, Exception):

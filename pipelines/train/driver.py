@@ -132,7 +132,9 @@ def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fi
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage = Path(cfg.cluster.storage_path or cfg.path("ray_results")).resolve()
+    storage = cfg.cluster.storage_path or cfg.path("ray_results")
+    if "://" not in str(storage):  # a URI (s3://, gs://) goes to Ray as given; a local path made absolute
+        storage = Path(storage).resolve()
     worker_env = {"TOKENIZERS_PARALLELISM": "false"}
     if not cfg.cluster.use_gpu:
         worker_env["DS_ACCELERATOR"] = "cpu"
