@@ -72,6 +72,7 @@ def merge_adapter(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, adapter_di
         base.dequantize()
         unmerged = load_adapter(base.to(DTYPES[model_cfg.dtype]), adapter_dir)
     merged = unmerged.merge_and_unload()
+    merged.config.use_cache = True  # training switched the cache off; whoever serves the merged model wants it
     merged_logits = _logits(merged, batch)
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -6,6 +6,10 @@
     raylora register configs/demo.yaml           # MLflow registry: new version, gated alias champion
     raylora promote configs/demo.yaml 3 --reason "..."   # raylora rollback configs/demo.yaml
     raylora run configs/demo.yaml                # every stage in order
+    raylora submit configs/demo.yaml --address http://HEAD:8265   # the same run as a job on a Ray cluster
+    raylora jobs --address http://HEAD:8265 status|logs|stop JOB_ID   # a submitted job (no CONFIG)
+    raylora generate configs/demo.yaml --prompt "What is 2 + 3?"   # answers of the champion (or --version, --from)
+    raylora export configs/demo.yaml --merged out/merged             # merged model in safetensors (or --adapter OUT)
 
 Exit codes: 0 ok, 1 a stage failed, 2 usage or config error.
 """
@@ -23,18 +27,12 @@ from pipelines.errors import ConfigError, StageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
-STAGES = ("curate", "tune", "train", "register")
 STAGE_SUMMARY = {
     "curate": "read the sources, filter, dedup, decontaminate, write train/eval Parquet and manifest.json",
     "tune": "search adapter rank / alpha / learning rate with Ray Tune (ASHA), one Ray Train run per trial",
     "train": "train the adapter on Ray Train with DeepSpeed ZeRO, eval, checkpoint, log to MLflow",
     "register": "register the adapter in MLflow and promote it by alias when it beats the champion",
 }
-
-
-def _not_built(name: str) -> int:
-    print(f"raylora {name}: not built yet", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def cmd_demo_assets(cfg: RayloraConfig, args: argparse.Namespace) -> int:
@@ -48,7 +46,7 @@ def cmd_demo_assets(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 def cmd_curate(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     from pipelines.curate import curate
 
-    manifest = curate(cfg)
+    manifest = curate(cfg, reuse=not args.force)
     print(f"manifest: {curated_manifest_path(cfg)} "
           f"(train {manifest.num_train}, eval {manifest.num_eval}, dropped {manifest.num_dropped})")
     return EXIT_OK
@@ -120,34 +118,54 @@ def cmd_rollback(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 def cmd_run(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     """Every stage in order: curate, then tune (when ``tune.enabled``; its best trial is the adapter) or one
-    train run, then register; a stage that is not built yet says so and is skipped."""
-    from pipelines.demo import needs_demo_assets
+    train run, then register; each stage whose output for these inputs exists is skipped with a line."""
+    from pipelines.run import run_pipeline
 
-    if needs_demo_assets(cfg):
-        cmd_demo_assets(cfg, args)
-    searching = cfg.tune.enabled and not args.skip_tune
-    for stage in STAGES:
-        if stage == "tune" and not searching:
-            continue
-        if stage == "train" and searching:
-            continue  # the search's best trial is the trained adapter
-        print(f"== {stage}: {STAGE_SUMMARY[stage]}")
-        code = COMMANDS[stage][0](cfg, args)
-        if code == EXIT_USAGE:
-            print(f"   (stage {stage} is not built yet; skipped)")
-        elif code != EXIT_OK:
-            return code
+    run_pipeline(cfg, skip_tune=args.skip_tune)
     return EXIT_OK
 
 
 def cmd_submit(cfg: RayloraConfig, args: argparse.Namespace) -> int:
-    return _not_built("submit")
+    """``raylora run`` on a Ray cluster as one job, its logs streamed here; exits with the job's outcome (0
+    succeeded, 1 failed or stopped). An unreachable head or a missing token is exit 2, nothing submitted."""
+    from cluster.jobs import connect, follow, relative_path_warning, submit
+
+    head = connect(args.address)
+    if note := relative_path_warning(cfg):
+        print(note)
+    job_id = submit(head.client, cfg, args.config, args.overrides)
+    print(f"submitted job {job_id} to {head.address} (raylora jobs --address {head.address} status|logs|stop {job_id})")
+    if args.no_wait:
+        return EXIT_OK
+    try:
+        state = follow(head.client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on (raylora jobs --address {head.address} stop {job_id})")
+        return EXIT_FAILURE
+    if state.status == "SUCCEEDED":
+        print(f"job {job_id} SUCCEEDED")
+        return EXIT_OK
+    print(f"job {job_id} {state.status}: {state.message}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_jobs(cfg: None, args: argparse.Namespace) -> int:
+    """A job ``raylora submit`` started (no CONFIG): its status, its logs so far, or stop it."""
+    from cluster.jobs import connect, job_logs, job_status, stop_job
+
+    head = connect(args.address)
+    if args.action == "logs":
+        print(job_logs(head.client, args.job_id), end="")
+        return EXIT_OK
+    state = (stop_job if args.action == "stop" else job_status)(head.client, args.job_id)
+    print(f"{state.job_id}  {state.status}  run {state.run_name or '-'}" + (f"\n{state.message}" if state.message else ""))
+    return EXIT_OK
 
 
 def cmd_plan(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     """Print the memory plan as JSON; exit 1 when the configured ZeRO setting does not fit.
 
-        raylora plan configs/llama3-8b-qlora.yaml --gpu-memory-gib 24
+        raylora plan configs/llama-3.1-8b-qlora.yaml --gpu-memory-gib 24
         raylora plan configs/demo.yaml --model-config configs/models/llama-2-7b.json
 
     The model's config.json comes from --model-config, else model.base (a directory, or the hub and its
@@ -211,7 +229,32 @@ def cmd_show_config(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_generate(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    """Answer each prompt with the champion (or ``--version``, ``--alias``, ``--from PATH``) through its chat template."""
+    from pipelines.use import AdapterChoice, generate, read_prompts
+
+    prompts = args.prompt or read_prompts(args.prompts_file)
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else cfg.register.max_new_tokens
+    source, answers = generate(cfg, AdapterChoice(args.version, args.alias, args.source), prompts,
+                               max_new_tokens=max_new_tokens, temperature=args.temperature)
+    print(f"adapter  {source.description}")
+    for prompt, answer in zip(prompts, answers, strict=True):
+        print(f"\nprompt   {prompt}\nanswer   {answer}")
+    return EXIT_OK
+
+
+def cmd_export(cfg: RayloraConfig, args: argparse.Namespace) -> int:
+    """Write the chosen adapter merged into its base (``--merged OUT``) or as PEFT files (``--adapter OUT``)."""
+    from pipelines.use import AdapterChoice, export, export_summary
+
+    report = export(cfg, AdapterChoice(args.version, args.alias, args.source), args.merged or args.adapter_out,
+                    merged=args.merged is not None, force=args.force)
+    print(export_summary(report))
+    return EXIT_OK
+
+
 Handler = Callable[[RayloraConfig, argparse.Namespace], int]
+COMMANDS_WITHOUT_CONFIG = ("jobs",)  # about a job already submitted, whatever its config was
 COMMANDS: dict[str, tuple[Handler, str]] = {
     "curate": (cmd_curate, STAGE_SUMMARY["curate"]),
     "tune": (cmd_tune, STAGE_SUMMARY["tune"]),
@@ -219,8 +262,11 @@ COMMANDS: dict[str, tuple[Handler, str]] = {
     "register": (cmd_register, STAGE_SUMMARY["register"]),
     "promote": (cmd_promote, "point alias champion at a registered version (gated unless --force), with a reason"),
     "rollback": (cmd_rollback, "point alias champion back at the previous champion"),
+    "generate": (cmd_generate, "answer prompts with the champion, a version or a run's adapter, through its chat template"),
+    "export": (cmd_export, "write the adapter merged into its base (safetensors) or as PEFT files, with its tokenizer"),
     "run": (cmd_run, "all stages in order: curate, tune, train, register"),
     "submit": (cmd_submit, "submit this config as a Ray Job to a running cluster (Ray Jobs API)"),
+    "jobs": (cmd_jobs, "status, logs or stop of a job raylora submit started (takes no CONFIG)"),
     "plan": (cmd_plan, "print the memory plan (params, bytes per GPU by ZeRO stage) as JSON"),
     "bench": (cmd_bench, "benchmarks: curate | train | tune | all, measured side by side"),
     "demo-assets": (cmd_demo_assets, "write the sample data and build the offline tiny base model"),
@@ -240,15 +286,36 @@ def row_counts(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def add_adapter_choice(cmd: argparse.ArgumentParser) -> None:
+    """generate / export: which adapter, by default the champion of register.model_name."""
+    source = cmd.add_mutually_exclusive_group()
+    source.add_argument("--version", type=positive_int, help="a registered version of register.model_name")
+    source.add_argument("--alias", help="a registry alias; default register.champion_alias")
+    source.add_argument("--from", dest="source", metavar="PATH",
+                        help="a TrainResult or TuneResult JSON, or an adapter directory (on CONFIG's base)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raylora",
         description="Fine-tune LLMs with LoRA / QLoRA / DoRA adapters on Ray.",
-        epilog="Every command takes CONFIG (a YAML file) and any number of key.path=value overrides.",
+        epilog="Every command but jobs takes CONFIG (a YAML file) and any number of key.path=value overrides.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if name in COMMANDS_WITHOUT_CONFIG:
+            cmd.add_argument("--address", help="the head's Ray dashboard, e.g. http://HEAD:8265; default RAY_ADDRESS")
+            cmd.add_argument("action", choices=["status", "logs", "stop"], help="what to do with the job")
+            cmd.add_argument("job_id", metavar="JOB_ID", help="the id raylora submit printed")
+            cmd.set_defaults(config=None, overrides=[])
+            continue
         if name == "bench":
             cmd.add_argument("what", choices=["curate", "train", "tune", "all"], help="which benchmark to run")
             cmd.add_argument("--sizes", default="50000,200000,1000000", type=row_counts,
@@ -257,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "promote":
             cmd.add_argument("version", metavar="VERSION", help="the version to promote: a number or an alias")
         cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. adapter.r=16")
+        if name == "curate":
+            cmd.add_argument("--force", action="store_true",
+                             help="curate again even when the output already holds the curation of these inputs")
         if name == "run":
             cmd.add_argument("--skip-tune", action="store_true", help="train once with the config as given, even when tune.enabled is true")
         if name == "plan":
@@ -272,8 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rollback":
             cmd.add_argument("--reason", help="why, recorded on the versions")
         if name == "submit":
-            cmd.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265")
+            cmd.add_argument("--address", help="the head's Ray dashboard, e.g. http://HEAD:8265; default RAY_ADDRESS")
             cmd.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+        if name in ("generate", "export"):
+            add_adapter_choice(cmd)
+        if name == "generate":
+            prompts = cmd.add_mutually_exclusive_group(required=True)
+            prompts.add_argument("--prompt", action="append", help="a prompt; repeat for more")
+            prompts.add_argument("--prompts-file", metavar="FILE", help='JSONL, one {"prompt": "..."} per line')
+            cmd.add_argument("--max-new-tokens", type=positive_int, default=None,
+                             help="tokens generated per answer; default register.max_new_tokens (as served)")
+            cmd.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily; > 0 samples")
+        if name == "export":
+            out = cmd.add_mutually_exclusive_group(required=True)
+            out.add_argument("--merged", metavar="OUT", help="write the model with the adapter merged in (safetensors)")
+            out.add_argument("--adapter", dest="adapter_out", metavar="OUT", help="write the PEFT adapter files")
+            cmd.add_argument("--force", action="store_true", help="replace an earlier export in OUT")
         if name == "config":
             cmd.add_argument("--explain", action="store_true",
                              help="print every key with its value, default and description; * marks changed ones")
@@ -285,12 +369,15 @@ def main(argv: list[str] | None = None) -> int:
     # overrides may also follow the options (`plan CONFIG --num-gpus 4 adapter.r=16`): argparse leaves
     # those over, and subparsers rule out parse_intermixed_args
     args, leftover = parser.parse_known_args(argv)
-    stray = [item for item in leftover if item.startswith("-") or "=" not in item]
+    needs_config = args.command not in COMMANDS_WITHOUT_CONFIG
+    stray = [item for item in leftover if item.startswith("-") or "=" not in item or not needs_config]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     args.overrides = [*args.overrides, *leftover]
     handler = COMMANDS[args.command][0]
     try:
+        if not needs_config:
+            return handler(None, args)
         cfg = load_config(args.config, args.overrides)
         setup_console(cfg.path("logs", "libraries.log"))
         return handler(cfg, args)

@@ -1,5 +1,5 @@
-"""Every real-model recipe in configs/ (demo.yaml is tested on its own) plans offline and trains a few steps on
-CPU, on 2 workers.
+"""Every real-model recipe in configs/ (demo.yaml is tested on its own) plans offline as its header says, and
+trains a few steps on CPU, on 2 workers.
 
     .venv/bin/python -m pytest tests/integration/test_recipes.py -q
 
@@ -13,6 +13,7 @@ offload, its DeepSpeed file, precision, gradient checkpointing, chat template.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import yaml
 from families import build_family, with_few_eval_rows
 from transformers import AutoTokenizer
 
-from pipelines.cli import EXIT_FAILURE, EXIT_OK, main
+from pipelines.cli import EXIT_OK, main
 from pipelines.config import validate_config
 from pipelines.train import train
 
@@ -49,14 +50,34 @@ def test_every_recipe_names_a_model_config_of_a_known_family():
         assert json.loads((REPO / model["config_file"]).read_text())["model_type"] in FAMILY_OF_MODEL_TYPE, recipe
 
 
+def header_comment(recipe: Path) -> str:
+    """The comment lines a recipe starts with."""
+    lines = recipe.read_text().splitlines()
+    return "\n".join(lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
-def test_plan_works_offline_from_the_recipes_model_config_file(recipe, monkeypatch, capsys):
+def test_the_header_states_the_memory_plan_that_plan_prints_offline(recipe, monkeypatch, capsys):
+    """`raylora plan RECIPE --gpu-memory-gib 80` from the recipe's model.config_file (no hub): it fits, on the
+    ZeRO stage and GPU count the header names, and every "<key> <n> GiB" of the header is the plan's per-GPU
+    figure, so a change that moves the plan must move the header too."""
     monkeypatch.chdir(REPO)  # recipes name their files relative to the repository, as they are run
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(["plan", str(recipe.relative_to(REPO))]) in (EXIT_OK, EXIT_FAILURE)  # fits, or does not
+    header = header_comment(recipe)
+    stage, num_gpus = map(int, re.search(r"ZeRO-(\d) on (\d+) GPUs", header).groups())
+    assert f"raylora plan {recipe.relative_to(REPO)} --gpu-memory-gib 80" in header
+    assert main(["plan", str(recipe.relative_to(REPO)), "--gpu-memory-gib", "80"]) == EXIT_OK  # fits
     plan = json.loads(capsys.readouterr().out)
-    assert plan["model"]["config_source"] == yaml.safe_load(recipe.read_text())["model"]["config_file"]
-    assert plan["model"]["num_layers"] == 32 and plan["model"]["hidden_size"] == 4096
+    model = yaml.safe_load(recipe.read_text())["model"]
+    assert plan["model"]["config_source"] == model["config_file"]
+    shape = json.loads((REPO / model["config_file"]).read_text())
+    assert (plan["model"]["num_layers"], plan["model"]["hidden_size"]) == (shape["num_hidden_layers"],
+                                                                           shape["hidden_size"])
+    configured = plan["configured"]
+    assert (configured["zero_stage"], plan["num_gpus"]) == (stage, num_gpus)
+    stated = dict(re.findall(r"(\w+) (\d+\.\d\d) GiB", header))
+    assert "gpu_total" in stated and "activations" in stated and "of 80 GiB: fits" in header
+    assert stated == {key: f"{configured[key] / 2**30:.2f}" for key in stated}
 
 
 @pytest.mark.slow

@@ -139,7 +139,7 @@ def test_missing_or_bad_file(tmp_path):
 
 
 def test_config_round_trips_as_a_plain_dict():
-    cfg = load_config(REPO / "configs" / "llama3-8b-qlora.yaml")
+    cfg = load_config(REPO / "configs" / "llama-3.1-8b-qlora.yaml")
     assert RayloraConfig.model_validate(cfg.model_dump()) == cfg
 
 

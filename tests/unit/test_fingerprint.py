@@ -23,7 +23,7 @@ RESULT_SHAPING = [
 RESULT_NEUTRAL = [
     ("train.log_every", 3), ("train.eval_every", 7), ("train.eval_generate_limit", 2), ("train.keep_checkpoints", 5),
     ("tracking.experiment", "other"), ("cluster.max_failures", 4), ("cluster.cpus_per_worker", 0.5),
-    ("model.config_file", "configs/models/llama3-8b-instruct.json"),
+    ("model.config_file", "configs/models/llama-3.1-8b.json"),
 ]
 
 
