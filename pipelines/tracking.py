@@ -209,8 +209,13 @@ def log_adapter_model(tracking_uri: str, run_id: str, *, model_code: Path, code_
     ``models:/<model_id>`` URI. ``code_paths`` are files shipped beside the code and importable by their own
     names where the model loads. Every artifact is uploaded before this returns."""
     import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # prompts in, answers out, said outright: without it MLflow infers the signature by loading the model in this
+    # process, where the code it ships beside the model is not importable, and warns that predict failed
+    signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]))
     previous = mlflow.get_tracking_uri()  # the fluent API logs where the process-wide URI points: put it back after
     mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -218,8 +223,8 @@ def log_adapter_model(tracking_uri: str, run_id: str, *, model_code: Path, code_
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(model_code), code_paths=[str(path) for path in code_paths],
                 artifacts=dict(artifacts),
-                model_config=dict(model_config), input_example=input_example, pip_requirements=pip_requirements,
-                params=dict(params))
+                model_config=dict(model_config), input_example=input_example, signature=signature,
+                pip_requirements=pip_requirements, params=dict(params))
     finally:
         mlflow.set_tracking_uri(previous)
     return info.model_uri
