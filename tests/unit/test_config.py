@@ -177,6 +177,6 @@ def test_config_explain_shows_value_default_and_description(capsys):
     assert "peak learning rate" in " ".join(rows["train.lr"])
     assert rows["adapter.r"][:3] == ["adapter.r", "8", "8"]  # demo.yaml keeps the default rank: not marked
     assert "rank of the low-rank update" in " ".join(rows["adapter.r"])
-    assert rows["train.max_steps"][:4] == ["*", "train.max_steps", "200", "null"]  # set by the YAML itself
+    assert rows["train.max_steps"][:4] == ["*", "train.max_steps", "100", "null"]  # set by the YAML itself
     assert rows["data.sources[0].path"][1:3] == [".raylora/data/alpaca.jsonl", "(required)"]
     assert rows["train.deepspeed.stage"][:3] == ["train.deepspeed.stage", "2", "2"]
