@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +113,6 @@ def test_generate_from_a_run_answers_each_prompt_as_plain_peft_does(trained, cap
 
 
 def test_generate_with_the_champion_answers_as_the_registered_model_predicts(trained, registered, tmp_path, capsys):
-    import mlflow
-
     from pipelines.config import load_config
 
     prompts_file = tmp_path / "prompts.jsonl"
@@ -123,10 +123,16 @@ def test_generate_with_the_champion_answers_as_the_registered_model_predicts(tra
     assert out.splitlines()[0].startswith(f"adapter  version 1 (alias champion) of {registered}")
     answers = printed_answers(out)
 
+    # in a process of its own: mlflow.set_tracking_uri here would point every later test's MLflow at this store
     uri = load_config(trained.config).tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    assert answers == mlflow.pyfunc.load_model(f"models:/{registered}@champion").predict(PROMPTS)
+    served = subprocess.run(
+        [sys.executable, "-c", "import json, sys, mlflow; mlflow.set_tracking_uri(sys.argv[1]); "
+         "mlflow.set_registry_uri(sys.argv[1]); "
+         "print(json.dumps(mlflow.pyfunc.load_model(sys.argv[2]).predict(json.loads(sys.argv[3]))))",
+         uri, f"models:/{registered}@champion", json.dumps(PROMPTS)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert answers == json.loads(served.stdout.splitlines()[-1])
 
     assert main(["generate", str(trained.config), "--version", "1", "--prompt", PROMPTS[0]]) == EXIT_OK
     out = capsys.readouterr().out
