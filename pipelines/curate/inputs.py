@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
+from pipelines.artifacts import MANIFEST_FILE, DatasetManifest
 from pipelines.config import RayloraConfig
 from pipelines.curate.readers import HF_PREFIX, expand_source
 from pipelines.fingerprint import Fingerprint, curate_fingerprint
@@ -31,3 +33,12 @@ def input_fingerprint(cfg: RayloraConfig) -> tuple[Fingerprint | None, str]:
                 return None, f"{file} is remote"
             digests[file] = file_digest(file)
     return curate_fingerprint(cfg, digests), ""
+
+
+def finished_output(out: Path, fingerprint: Fingerprint | None) -> DatasetManifest | None:
+    """The manifest in ``out`` when it was written from the inputs ``fingerprint`` hashes."""
+    path = out / MANIFEST_FILE
+    if fingerprint is None or not path.is_file():
+        return None
+    manifest = DatasetManifest.read(path)
+    return manifest if manifest.fingerprint == fingerprint.digest else None

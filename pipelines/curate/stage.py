@@ -54,7 +54,7 @@ from pipelines.curate.dedup import (
 )
 from pipelines.curate.embeddings import embedding_model_path
 from pipelines.curate.formats import ROW_SCHEMA
-from pipelines.curate.inputs import input_fingerprint
+from pipelines.curate.inputs import finished_output, input_fingerprint
 from pipelines.curate.output_dir import check_replaceable, moved, swap_in
 from pipelines.curate.raydata import (
     PartWriter,
@@ -68,7 +68,8 @@ from pipelines.curate.raydata import (
     written_rows,
 )
 from pipelines.curate.readers import chunk_items, plan_chunks, read_chunk_batch, source_name
-from pipelines.curate.reasons import KEPT, REASONS
+from pipelines.curate.reasons import KEPT
+from pipelines.curate.report import drop_examples, format_report
 from pipelines.curate.select import diversity_split, over_quota, quality_split
 from pipelines.curate.split import (
     CHAT,
@@ -85,7 +86,6 @@ from pipelines.curate.split import (
 )
 from pipelines.curate.timing import format_filter_seconds, start_clock
 from pipelines.errors import ConfigError, StageError
-from pipelines.fingerprint import Fingerprint
 
 DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("user_id", pa.string()), ("source", pa.string()),
                             ("reason", pa.string()), ("detail", pa.string())])
@@ -220,15 +220,6 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False,
                             accounts.repeated_user_ids))
         print(format_filter_seconds(read.filter_seconds, accounts.num_read))
     return manifest
-
-
-def finished_output(out: Path, fingerprint: Fingerprint | None) -> DatasetManifest | None:
-    """The manifest in ``out`` when it was written from the inputs ``fingerprint`` hashes."""
-    path = out / MANIFEST_FILE
-    if fingerprint is None or not path.is_file():
-        return None
-    manifest = DatasetManifest.read(path)
-    return manifest if manifest.fingerprint == fingerprint.digest else None
 
 
 @contextmanager
@@ -428,31 +419,6 @@ def kept_keys(rows: Rows, seed: int) -> KeptKeys:
     return KeptKeys(ids=table.column("id").combine_chunks(),
                     split_keys=table.column(SPLIT_KEY).to_numpy().astype(np.int64),
                     digests=table.column(ROW_DIGEST).combine_chunks())
-
-
-def drop_examples(dropped_files: list[str]) -> dict[str, str]:
-    """One example per drop reason, for the report: the user's id (else the row's key) and the detail."""
-    examples: dict[str, str] = {}
-    for table in scan(dropped_files, ["id", "user_id", "reason", "detail"]):
-        for key, user_id, reason, detail in zip(*(table.column(i).to_pylist() for i in range(4)), strict=True):
-            examples.setdefault(reason, f"{user_id or key}" + (f" ({detail})" if detail else ""))
-    return examples
-
-
-def format_report(read: int, kept: int, dropped_by_reason: dict[str, int], examples: dict[str, str],
-                  repeated_user_ids: dict[str, Any] | None = None) -> str:
-    """The human summary: counts, a table of drop reasons with what each means and one example, and the
-    user ids that more than one row carries."""
-    lines = [f"curated {read} rows: kept {kept}, dropped {read - kept}",
-             f"  {'reason':<16} {'count':>7}  {'meaning':<50}  example"]
-    for reason, count in sorted(dropped_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
-        lines.append(f"  {reason:<16} {count:>7}  {REASONS[reason]:<50}  {examples.get(reason, '')[:70]}".rstrip())
-    if repeated_user_ids and repeated_user_ids["ids"]:
-        shown = ", ".join(f"{user_id!r} x{n}" for user_id, n in repeated_user_ids["examples"].items())
-        lines.append(f"note: {repeated_user_ids['ids']} ids are on more than one row ({repeated_user_ids['rows']} "
-                     f"rows; e.g. {shown}); every row is kept apart by its key <file>:<line>, and dedup compares "
-                     "content, not ids")
-    return "\n".join(lines)
 
 
 # --- 5. write -------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 from pipelines.curate import dedup, formats, reasons, select
 from pipelines.curate.decontaminate import ContaminationFilter
 from pipelines.curate.filters import Filter
-from pipelines.curate.stage import format_report
+from pipelines.curate.report import format_report
 from pipelines.demo.sample_data import DEFECT_KINDS
 
 REPO = Path(__file__).resolve().parents[2]
