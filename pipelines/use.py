@@ -29,6 +29,7 @@ from adapters.io import check_adapter_dir
 from pipelines.config import ModelConfig, RayloraConfig
 from pipelines.errors import ConfigError, StageError
 from pipelines.models import resolve_base_model
+from pipelines.register.decisions import resolve_version
 from pipelines.register.stage import REGISTRATION_TAG, read_source, trained_config
 from pipelines.tracking import Registry, RegistryNotFound
 
@@ -81,9 +82,7 @@ def registered_source(cfg: RayloraConfig, choice: AdapterChoice, download_dir: P
     registry = Registry(cfg.tracking_uri, cfg.register.registry_uri)
     alias = None if choice.version else (choice.alias or cfg.register.champion_alias)
     try:
-        version = str(choice.version) if choice.version else registry.alias_version(name, alias)
-        if version is None:
-            raise RegistryNotFound(f"registered model {name!r} has no alias {alias!r}")
+        version = resolve_version(registry, name, str(choice.version) if choice.version else alias)
         status = registry.version_tags(name, version).get(REGISTRATION_TAG, "not registered by raylora")
     except RegistryNotFound as err:
         raise ConfigError(f"{err} (registry {registry_uri}): check register.model_name and --version or --alias, "
