@@ -78,7 +78,8 @@ class LogWindow:
         must call it; the window starts over."""
         import torch.distributed as dist
 
-        seconds = max(time.perf_counter() - self.started - self.paused, 1e-9)
+        ended = time.perf_counter()
+        seconds = max(ended - self.started - self.paused, 1e-9)
         tokens, slowest = torch.tensor([float(self.tokens)]), torch.tensor([seconds])
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(tokens)
@@ -88,7 +89,9 @@ class LogWindow:
                    "tokens_per_s_all_ranks": tokens.item() / slowest.item(),
                    "time/step_ms": 1000 * seconds / steps, **self.phases.per_step_ms(steps)}
         self.losses, self.tokens, self.phases = [], 0, StepPhases()
-        self.started, self.paused = time.perf_counter(), 0.0
+        # The next window's clock starts where this one's stopped, so the all-reduce above and the logging
+        # after it are counted once: in the next window's wall time and its logging phase.
+        self.started, self.paused = ended, 0.0
         return summary
 
 
@@ -277,7 +280,6 @@ def train_until_done(worker: Worker, state: TrainState) -> None:
 
             last = state.step >= worker.total_steps
             if state.step % t.log_every == 0 or last:
-                closed_at = time.perf_counter()
                 summary = window.close()
                 state.metrics = {"step": state.step, "epoch": state.epoch, **summary, "lr": lr,
                                  "packing_efficiency": worker.packing.efficiency,
@@ -288,7 +290,7 @@ def train_until_done(worker: Worker, state: TrainState) -> None:
                 if worker.is_main:
                     progress(f"step {state.step}/{worker.total_steps} loss {state.metrics['train_loss']:.4f} "
                              f"lr {lr:.2e} {state.metrics['tokens_per_s_all_ranks']:.0f} tok/s")
-                window.phases.add("logging", time.perf_counter() - closed_at)  # falls in the next window
+                window.phases.add("logging", time.perf_counter() - window.started)  # the next window's
             checkpoint_now = state.step % t.checkpoint_every == 0 or last
             evaluate_now = t.eval and (state.step % t.eval_every == 0 or checkpoint_now)
             paused_at = time.perf_counter()

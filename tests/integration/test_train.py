@@ -202,3 +202,4 @@ def test_two_workers_take_a_cpu_each_and_report_every_ranks_tokens_and_where_the
     assert metrics["tokens_per_s"] < metrics["tokens_per_s_all_ranks"] <= 2.0001 * metrics["tokens_per_s"]
     phases = [metrics[f"time/{phase}_ms"] for phase in ("data", "forward", "backward", "optimizer", "logging")]
     assert all(ms >= 0 for ms in phases) and metrics["time/forward_ms"] > 0 and metrics["time/backward_ms"] > 0
+    assert sum(phases) <= metrics["time/step_ms"] * 1.001, f"phases {phases} in a {metrics['time/step_ms']} ms step"
