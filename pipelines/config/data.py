@@ -103,7 +103,7 @@ class CurateConfig(Section):
         description="an open instruction (explain, describe, write, compare, list, ...) answered in fewer "
         "words is dropped (inadequate_answer); closed questions may have one-word answers; null is off")
     refusal_classifier_threshold: float | None = Field(
-        0.6, gt=0.0, lt=1.0,
+        0.45, gt=0.0, lt=1.0,
         description="English answers the refusal classifier (MiniLM embeddings) scores at this probability "
         "or above are refusals or AI boilerplate (classified_refusal); null is off")
     min_answer_relatedness: float | None = Field(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
 
 LETTERS = re.compile(r"[^\W\d_]+", re.UNICODE)
@@ -71,17 +72,32 @@ def zipf(token: str) -> float:
     return math.log10(frequency) + 9 if frequency > 0 else 0.0
 
 
-KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+# rows of the QWERTY, QWERTZ and AZERTY keyboards: mashing runs along them in any language
+KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm", "qwertzuiopü", "asdfghjklöä", "yxcvbnm", "azertyuiop",
+                 "qsdfghjklm", "wxcvbn")
 NEIGHBOURS = {frozenset(row[i:i + 2]) for row in KEYBOARD_ROWS for i in range(len(row) - 1)}
 # a token of 4+ letters most of whose letter pairs are neighbouring keys of one row was typed along the row
 # ("wertyu"); English words that do this are common ones ("were", "tree"), which the list holds
 MAX_KEYBOARD_RUN = 0.6
+VOWELS = frozenset("aeiouyàáâäãåæèéêëìíîïòóôöõøùúûüýœ")
+REPEATED_UNIT = re.compile(r"^(.{1,2}?)\1{2,}$")  # "jkjkjk", "aaaaaa"; not "tovtov", a made-up name
 
 
 def keyboard_run_fraction(token: str) -> float:
-    """Fraction of the token's adjacent letter pairs that are neighbouring keys on a QWERTY row."""
+    """Fraction of the token's adjacent letter pairs that are neighbouring keys on a keyboard row."""
     pairs = [frozenset(token[i:i + 2]) for i in range(len(token) - 1)]
     return sum(pair in NEIGHBOURS for pair in pairs) / len(pairs) if pairs else 0.0
+
+
+def is_typed_noise(token: str) -> bool:
+    """A token shaped like mashing in any language, no word list needed: 5+ letters typed along a keyboard row
+    or with no vowel, or 6+ letters that repeat a unit of one or two ("jkjkjk") or stay on one row
+    ("ghfjdksla"). Real words of that shape are rare, and never most of an answer."""
+    lower = token.lower()
+    if len(lower) >= 5 and (keyboard_run_fraction(lower) > MAX_KEYBOARD_RUN or not VOWELS & set(lower)):
+        return True
+    return len(lower) >= 6 and (REPEATED_UNIT.match(lower) is not None or
+                                any(set(lower) <= set(row) for row in KEYBOARD_ROWS))
 
 
 def is_non_word(token: str) -> bool:
@@ -91,17 +107,17 @@ def is_non_word(token: str) -> bool:
     if zipf(lower) >= COMMON_ZIPF:
         return False
     return spelling_score(lower) < MIN_SPELLING_SCORE or \
-        (len(lower) >= 4 and keyboard_run_fraction(lower) > MAX_KEYBOARD_RUN)
+        (len(lower) >= 4 and keyboard_run_fraction(lower) > MAX_KEYBOARD_RUN) or is_typed_noise(lower)
 
 
-def non_word_fraction(text: str) -> tuple[float, int]:
-    """(fraction of the text's letters that are in non-word tokens, letters in all): letters, not tokens,
-    so a short article or 'a' does not outvote a long mash."""
+def non_word_fraction(text: str, is_noise: Callable[[str], bool] = is_non_word) -> tuple[float, int]:
+    """(fraction of the text's letters that are in non-word tokens by ``is_noise``, letters in all): letters,
+    not tokens, so a short article or 'a' does not outvote a long mash."""
     tokens = LETTERS.findall(text)
     letters = sum(len(token) for token in tokens)
     if not letters:
         return 0.0, 0
-    return sum(len(token) for token in tokens if is_non_word(token)) / letters, letters
+    return sum(len(token) for token in tokens if is_noise(token)) / letters, letters
 
 
 @lru_cache(maxsize=1)
@@ -110,6 +126,23 @@ def function_words() -> frozenset[str]:
     from wordfreq import top_n_list
 
     return frozenset(top_n_list("en", FUNCTION_WORDS))
+
+
+# languages whose commonest words the echo check sets aside (wordfreq lists them all), English first
+ENGLISH_WORD_ZIPF = 4.0  # an English word at least this frequent is not another language's function word
+COMMON_WORD_LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl")
+
+
+@lru_cache(maxsize=1)
+def common_words_any_language() -> frozenset[str]:
+    """The commonest words of several languages: what a restatement in any of them is built from besides the
+    prompt's own words ("Wie können Sie ..." for "Wie kann ich ..."). Another language's common word that is
+    also an English word ("paris" in French) stays content: it can be what an English answer adds."""
+    from wordfreq import top_n_list
+
+    others = {word for language in COMMON_WORD_LANGUAGES[1:] for word in top_n_list(language, FUNCTION_WORDS)
+              if zipf(word) < ENGLISH_WORD_ZIPF}
+    return function_words() | others
 
 
 def stem(token: str) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pipelines.curate import instructions
 from pipelines.curate.filter_base import (
     Filter,
     Messages,
@@ -54,18 +55,29 @@ from pipelines.curate.reasons import (
     TEMPLATE_ERROR,
 )
 
+ENGLISH = frozenset({"en"})
+
 if TYPE_CHECKING:
     from pipelines.config import RayloraConfig
 
 
-# Refusals and AI boilerplate: phrases an assistant that does the task never needs.
+# Refusals and AI boilerplate: phrases an assistant that does the task never needs, in English and in the
+# other languages users most often curate (French, German, Spanish, Italian, Portuguese)
 REFUSAL_PATTERNS = re.compile(
     r"\bas an ai\b|\bas a (?:large )?language model\b|\bas an ai language model\b|"
     r"\bi(?: a|')m (?:not able|unable) to\b|\bi am not able to\b|\bi (?:cannot|can't|can not) "
     r"(?:help|assist|provide|answer|comply|fulfil)|\bi'm sorry,? but\b|\bi apologi[sz]e,? but\b|"
-    r"\bi don't have personal (?:opinions|feelings)\b|\bmy knowledge cutoff\b",
-    re.IGNORECASE,
-)
+    r"\bi don't have personal (?:opinions|feelings)\b|\bmy knowledge cutoff\b|"
+    r"\ben tant qu(?:e |')(?:ia|intelligence artificielle|assistant|mod[eè]le de langage)\b|"
+    r"\bje ne (?:peux|suis) pas (?:en mesure de )?(?:vous |t')?(?:aider|r[ée]pondre)|\bje suis d[ée]sol[ée]e?,? mais\b|"
+    r"\bals (?:ki|künstliche intelligenz|sprachmodell|ki-assistent)\b|\bich kann (?:ihnen |dir )?(?:dabei |hierbei )?"
+    r"nicht (?:helfen|antworten)|\bes tut mir leid,? aber\b|"
+    r"\bcomo (?:una? )?(?:ia|inteligencia artificial|modelo de lenguaje|asistente virtual)\b|"
+    r"\bno puedo (?:ayudarte|ayudarle|ayudar|responder)|\blo siento,? pero\b|"
+    r"\bcome (?:un )?(?:ia|intelligenza artificiale|modello linguistico)\b|\bnon posso (?:aiutarti|aiutare|rispondere)|"
+    r"\bmi dispiace,? ma\b|\bcomo (?:uma )?(?:ia|intelig[êe]ncia artificial|modelo de linguagem)\b|"
+    r"\bn[ãa]o posso (?:ajudar|responder)",
+    re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -245,22 +257,27 @@ class LanguageFilter(Filter):
         return lang in self.allowed or prob < self.min_confidence
 
 
-def english_rows(curate: Any) -> Callable[[Messages], bool] | None:
-    """Which rows the English-only filters judge: every row when English is the only allowed language (the
-    language filter, earlier in the chain, has dropped the rows it is sure are not English); the rows
-    identified as English, or too short to identify, when other languages are allowed too (``[]`` allows
-    all); None when English is not allowed at all (the English filters do not run)."""
-    allowed = list(curate.languages)
-    if allowed == ["en"]:
+def language_rows(curate: Any, known: frozenset[str]) -> Callable[[Messages], bool] | None:
+    """Which rows the filters that know the ``known`` languages judge: every row when every allowed language is
+    known (the language filter, earlier in the chain, has dropped the rows it is sure are in another); the
+    rows whose prompts are identified as a known language, or are too short to identify, when other languages
+    are allowed too (``[]`` allows all); None when no known language is allowed (those filters do not run)."""
+    allowed = set(curate.languages)
+    if allowed and allowed <= known:
         return every_row
-    if allowed and "en" not in allowed:
+    if allowed and not allowed & known:
         return None
 
-    def is_english(messages: Messages) -> bool:  # by the prompts: a junk answer can fool language id
+    def is_known(messages: Messages) -> bool:  # by the prompts: a junk answer can fool language id
         text = conversation_text([m for m in messages if m["role"] == "user"])
-        return sum(ch.isalpha() for ch in text) < curate.language_min_letters or identify_language(text)[0] == "en"
+        return sum(ch.isalpha() for ch in text) < curate.language_min_letters or identify_language(text)[0] in known
 
-    return is_english
+    return is_known
+
+
+def english_rows(curate: Any) -> Callable[[Messages], bool] | None:
+    """Which rows the English-only filters (word list, classifier, relatedness) judge (``language_rows``)."""
+    return language_rows(curate, ENGLISH)
 
 
 def build_filters(curate: Any, count_tokens: Callable[[Sequence[Messages]], list[int | None]] | None,
@@ -286,18 +303,20 @@ def build_filters(curate: Any, count_tokens: Callable[[Sequence[Messages]], list
         chain.append(PlaceholderFilter())
     english_only = english_rows(curate)
     # before language id: mashing can look like a foreign language to it, and no real language's text is
-    # mostly non-words (the sample's French, German, Spanish, Portuguese rows: at most 14% of their letters)
-    if english_only is not None and curate.max_non_word_fraction is not None:
-        chain.append(NonWordFilter(curate.max_non_word_fraction, judges=english_only))
+    # mostly non-words (the sample's French, German, Spanish, Portuguese rows: at most 14% of their letters);
+    # rows in other languages are judged by the shapes of mashing alone
+    if curate.max_non_word_fraction is not None:
+        chain.append(NonWordFilter(curate.max_non_word_fraction, english=english_only))
     if count_tokens is not None:
         chain.append(LengthFilter(count_tokens, max_tokens))
     if curate.languages:
         chain.append(LanguageFilter(tuple(curate.languages), curate.language_min_letters,
                                     curate.language_min_confidence))
+    instruction_rows = language_rows(curate, instructions.LANGUAGES)
+    if curate.open_answer_min_words is not None and instruction_rows is not None:
+        chain.append(AdequacyFilter(curate.open_answer_min_words, judges=instruction_rows, english=english_only))
     if english_only is None:
         return chain
-    if curate.open_answer_min_words is not None:
-        chain.append(AdequacyFilter(curate.open_answer_min_words, judges=english_only))
     if curate.refusal_classifier_threshold is not None:
         chain.append(RefusalClassifierFilter(curate.refusal_classifier_threshold, judges=english_only))
     if curate.min_answer_relatedness is not None:

@@ -8,13 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipelines.curate import english
+from pipelines.curate import english, placeholders
 from pipelines.curate.filter_base import (
     Filter,
     Messages,
     answers,
     words,
 )
+from pipelines.curate.instructions import LIST_VERBS, asks_for_translation, list_items, open_verb
 from pipelines.curate.reasons import (
     CLASSIFIED_REFUSAL,
     ECHOED_PROMPT,
@@ -47,168 +48,178 @@ def every_row(messages: Messages) -> bool:
     return True
 
 
-# Stand-ins for an answer that was never written. Upper case only for the to-do words: "todo" is Spanish for "all"
-PLACEHOLDER_MARKERS = re.compile(
-    r"(?i:\blorem ipsum\b)|\b(?:TODO|TBD|FIXME|XXX)\b|\b[A-Z]+_PLACEHOLDER\b|\[[A-Z0-9 _/.-]{1,40}\]|"
-    r"(?i:\[\s*(?:insert|add|your|enter|placeholder|fill in)\b[^\]]*\])|"
-    r"(?i:<\s*(?:insert|your|enter|placeholder|fill in|answer|response)\b[^>]*>)|<!--.*?-->|"
-    r"(?i:\{\{?\s*(?:answer|response|placeholder|insert|content)\b[^}]*\}\}?)|"
-    r"(?i:\b(?:your|the) (?:answer|response|text|content|explanation) (?:goes )?here\b)")
-# ... or the whole answer is a stand-in word, or only ellipses where the content should be ("Step 1: ...")
-PLACEHOLDER_ANSWER = re.compile(
-    r"^\W*(?:n/?a|null|nil|undefined|xxx+|tbd|todo|pending|(?:answer|response) (?:pending|to follow|tbd)|"
-    r"placeholder|coming soon)\W*$", re.IGNORECASE)
-ELLIPSIS = re.compile(r"\.\.\.|…")
-LOREM_IPSUM = re.compile(r"\blorem ipsum\b", re.IGNORECASE)
-
-
-def is_placeholder(answer: str, max_other_words: int) -> bool:
-    """Lorem ipsum; a stand-in word for the whole answer; ellipses where every line's content should be; or
-    placeholder markers with fewer than ``max_other_words`` other words, or three markers or more (a form
-    letter of [NAME] and [COMPANY]). One marker in a real answer (a letter signed "[Your Name]") is not."""
-    if LOREM_IPSUM.search(answer) or PLACEHOLDER_ANSWER.match(answer):
-        return True
-    lines = [line for line in answer.splitlines() if line.strip()]
-    if lines and all(ELLIPSIS.search(line) and len(words(ELLIPSIS.sub(" ", line))) <= 3 for line in lines):
-        return True
-    markers = len(PLACEHOLDER_MARKERS.findall(answer))
-    return markers >= 3 or (markers > 0 and len(words(PLACEHOLDER_MARKERS.sub(" ", answer))) < max_other_words)
-
-
 @dataclass(frozen=True)
 class PlaceholderFilter(Filter):
-    """An answer that is a stand-in (``is_placeholder``): lorem ipsum, TODO, [insert ...], <answer>, N/A.
-    A prompt that holds such markers itself (a template to fill, "What does TODO mean?") is not judged.
-    Markers, not words of a language: every row is judged."""
+    """An answer that is a stand-in (``placeholders.is_placeholder``): template slots, TODO, lorem ipsum, a code
+    stub, N/A. A prompt that holds stand-ins itself or asks for a template is not judged. Marks and slots, not
+    words of one language: every row is judged."""
 
     name: ClassVar[str] = "placeholder_text"
     reason: ClassVar[str] = PLACEHOLDER
-    max_other_words: int = 20
+    min_other_words: int = placeholders.MIN_OTHER_WORDS
 
     def keeps(self, messages: Messages) -> bool:
-        for prompt, answer in exchanges(messages):
-            if PLACEHOLDER_MARKERS.search(prompt) or PLACEHOLDER_ANSWER.search(prompt) or \
-                    re.search(r"\b(?:template|placeholder|fill[- ]in)", prompt, re.IGNORECASE):
-                continue
-            if is_placeholder(answer, self.max_other_words):
-                return False
-        return True
+        return not any(not placeholders.asks_for_a_template(prompt) and
+                       placeholders.is_placeholder(answer, self.min_other_words)
+                       for prompt, answer in exchanges(messages))
 
 
 @dataclass(frozen=True)
 class NonWordFilter(Filter):
-    """An answer most of whose letters are in tokens that are neither English words nor spelt like English
-    (``english.is_non_word``, from wordfreq): keyboard mashing. English rows only (``judges``)."""
+    """An answer most of whose letters are in tokens that are not words: keyboard mashing. English rows
+    (``english``) by wordfreq's list and English spelling (``english.is_non_word``); rows in other languages
+    by the shapes of mashing alone (``english.is_typed_noise``: along a keyboard row, no vowel, a repeated
+    unit), which need no word list."""
 
     name: ClassVar[str] = "non_word_text"
     reason: ClassVar[str] = NON_WORDS
     max_fraction: float
     min_letters: int = 4
-    judges: Callable[[Messages], bool] = every_row
+    english: Callable[[Messages], bool] | None = every_row
 
     def keeps(self, messages: Messages) -> bool:
-        if not self.judges(messages):
-            return True
+        is_noise = english.is_non_word if self.english is not None and self.english(messages) \
+            else english.is_typed_noise
         for answer in answers(messages):
-            fraction, letters = english.non_word_fraction(answer)
+            fraction, letters = english.non_word_fraction(answer, is_noise)
             if letters >= self.min_letters and fraction > self.max_fraction:
                 return False
         return True
 
 
-# An open instruction asks for substance: its verb opens the prompt or a sentence of it, or follows a polite
-# lead-in ("Can you explain ..."); "how do I ...", "what's the best way ...", "what are some ..." ask for it too
-OPEN_INSTRUCTION = re.compile(
-    r"(?:^|[.!?:;\n]\s*|\b(?:please|can you|could you|would you|will you|i need you to|i want you to|help me|"
-    r"i'd like you to|try to)\s+)"
-    r"(?P<verb>explain|describe|discuss|elaborate(?: on)?|compare|contrast|analy[sz]e|summari[sz]e|outline|"
-    r"write|draft|compose|create|generate|list|brainstorm|suggest|propose|recommend|design|develop|implement|"
-    r"plan|help me|tell me (?:about|how|why|what)|walk me through|teach me|"
-    r"give (?:me |us )?(?:an? |some |the |\w+ )?(?:overview|explanation|description|summary|examples?|list|"
-    r"rundown|breakdown|tips|ideas|steps|reasons|advice|feedback|suggestions|recommendations)|"
-    r"how (?:do|does|can|could|should|would|to|did)\b(?! you say)|what(?:'s| is| are) (?:the best|a good|some)|"
-    r"what are the (?:main|key|differences|benefits|advantages|pros|steps|ways|causes|effects)|why)\b",
-    re.IGNORECASE)
-# ... unless the prompt asks for something small: one word, a title, yes or no, the result only
-CLOSED_REQUEST = re.compile(
-    r"\b(?:in |with |using )?(?:one|a single|1|two|three|2|3) words?\b|\byes or no\b|\btrue or false\b|"
-    r"\b(?:only|just) (?:the|a|one|with)\b|\b(?:result|answer|number|name) only\b|"
-    r"\b(?:a|one|an?) (?:title|name|word|number|headline|slogan|synonym|antonym|tagline|hashtag|emoji|"
-    r"letter|label|category|rhyme|acronym|abbreviation|pun|nickname)\b|\bone[- ]liner\b",
-    re.IGNORECASE)
-LIST_VERBS = re.compile(r"^(?:list|brainstorm|suggest|give)", re.IGNORECASE)
-LIST_ITEM_BREAK = re.compile(r"[,;\n]|\band\b|\bor\b")
-
-
-def open_verb(prompt: str) -> str | None:
-    """The verb that makes ``prompt`` an open instruction (explain, write, list, ...), or None when it is a
-    closed question or asks for something small ("Write one word that rhymes with cat")."""
-    match = OPEN_INSTRUCTION.search(prompt)
-    if match is None or CLOSED_REQUEST.search(prompt):
-        return None
-    return match.group("verb").lower()
+# a short answer that shares no content word with what was asked may be a non-answer ("ok", "see above");
+# the classifier judges those of at most this many words
+NON_ANSWER_MAX_WORDS = 12
+NUMBER = re.compile(r"^[\W\d_]*\d[\W\d_]*$")
 
 
 @dataclass(frozen=True)
 class AdequacyFilter(Filter):
-    """An open instruction (explain, describe, write, compare, list, ...) answered in fewer than ``min_words``
-    words; a closed question may have a one-word answer ("What is 7 x 8?" -> "56"), and a list
-    instruction is answered by two items or more. The verbs are English: English rows only (``judges``)."""
+    """An answer that does not answer: an open instruction (explain, describe, write, compare, list, how, why:
+    ``instructions.open_verb``) answered in fewer than ``min_words`` words, where a list instruction is
+    answered by two items or more and a closed question may have a one-word answer ("What is 7 x 8?" -> "56");
+    or, in English rows (``english``), a short answer of listed words sharing none with what was asked that
+    the answer-kind classifier calls a non-answer ("ok cool", "see above", "?") at ``non_answer_threshold``.
+    The verbs are those of ``instructions.LANGUAGES``: rows in those only (``judges``)."""
 
     name: ClassVar[str] = "answer_adequacy"
     reason: ClassVar[str] = INADEQUATE_ANSWER
     min_words: int
     judges: Callable[[Messages], bool] = every_row
+    english: Callable[[Messages], bool] | None = every_row
+    non_answer_threshold: float = 0.5
+
+    def too_short(self, prompt: str, answer: str) -> bool:
+        verb = open_verb(prompt)
+        if verb is None or len(words(answer)) >= self.min_words:
+            return False
+        return not (LIST_VERBS.match(verb) and list_items(answer) >= 2)
+
+    def maybe_non_answer(self, asked: str, answer: str) -> bool:
+        """Short, not a number, sharing no word with what was asked ("g o a" for "Reverse a o g"), and made of
+        words wordfreq lists (or of no words: "?", an emoji): the classifier must say. An unlisted word is a
+        name or a term, which is what a closed question's answer often is ("Tovsil"). A translation's answer is
+        not English, whatever words it shares with English ("chat")."""
+        answer_words = words(answer)
+        if asks_for_translation(asked) or len(answer_words) > NON_ANSWER_MAX_WORDS or NUMBER.match(answer) or set(answer_words) & set(words(asked)):
+            return False
+        return all(english.zipf(word) > 0 for word in answer_words)
 
     def keeps(self, messages: Messages) -> bool:
-        if not self.judges(messages):
-            return True
-        for prompt, answer in exchanges(messages):
-            verb = open_verb(prompt)
-            if verb is None or len(words(answer)) >= self.min_words:
-                continue
-            items = [part for part in LIST_ITEM_BREAK.split(answer) if words(part)]
-            if LIST_VERBS.match(verb) and len(items) >= 2:
-                continue
-            return False
-        return True
+        return self.reasons([messages]) == [KEPT]
+
+    def reasons(self, conversations: Sequence[Messages]) -> list[str]:
+        from pipelines.curate import refusal
+
+        verdicts = [KEPT] * len(conversations)
+        unsure: list[tuple[int, str]] = []
+        for i, messages in enumerate(conversations):
+            if self.judges(messages) and any(self.too_short(prompt, answer) for prompt, answer in exchanges(messages)):
+                verdicts[i] = self.reason
+            elif self.english is not None and self.english(messages):
+                unsure += [(i, answer) for asked, answer in asked_so_far(messages)
+                           if self.maybe_non_answer(asked, answer)]
+        probabilities = refusal.kind_probabilities([answer for _, answer in unsure])
+        for (i, _), p in zip(unsure, probabilities, strict=True):
+            if p[refusal.NON_ANSWER] >= self.non_answer_threshold and p.argmax() == refusal.NON_ANSWER:
+                verdicts[i] = self.reason
+        return verdicts
 
 
-# Words a restatement adds to the prompt's ("So you're asking ...", "That's the question.")
-RESTATING = frozenset(english.stem(word) for word in (
-    "ask", "asking", "asked", "question", "questions", "wondering", "wonder", "like", "want", "wants", "know",
-    "yes", "ok", "okay", "sure", "so", "basically", "essentially", "simply", "here", "topic", "request",
-    "summary", "answer", "use"))
+# Words a restatement uses besides the prompt's own: talk about the asking ("So you're asking ...", "that's
+# the question") and the nouns of the instruction ("a summary of ...", "an explanation of the concept of ...")
+DISCOURSE = frozenset(english.stem(word) for word in (
+    "ask", "asking", "asked", "question", "questions", "query", "request", "wondering", "wonder", "curious",
+    "want", "wants", "wanted", "wish", "like", "know", "need", "needs", "yes", "ok", "okay", "sure", "basically",
+    "essentially", "simply", "actually", "here", "topic", "subject", "answer", "response", "reply", "use",
+    "explain", "explanation", "describe", "description", "summary", "summarise", "summarize", "discuss",
+    "discussion", "tell", "write", "list", "give", "provide", "outline", "overview", "example", "examples",
+    "concept", "idea", "ideas", "meaning", "means", "mean", "definition", "define", "regarding", "about",
+    "involve", "involves", "interesting", "great", "certainly", "course", "happy", "glad", "let", "talk",
+    "rephrase", "restate", "repeat", "paraphrase", "clarify", "understand", "understood", "mention", "told",
+    "interested", "inquire", "information", "info", "detail", "details", "matter", "point", "cover", "address",
+    "figure", "explore", "consider", "fascinating", "excellent", "nice", "absolutely", "indeed", "correct",
+    "brief", "briefly", "short", "quick", "quickly", "exactly", "precisely"))
+PREFIX = 5  # words compared by their first letters: "explanation" ~ "explain", "summary" ~ "summarise"
+# an answer opening with a verdict answers a yes/no question; it adds the verdict, even in the prompt's words
+VERDICT = re.compile(r"^\W*(?:yes|no|yeah|yep|nope|true|false|correct|incorrect|ja|nein|oui|non|s[ií])\b",
+                     re.IGNORECASE)
+YES_NO_QUESTION = re.compile(
+    r"(?:^|[.!?:]\s+)(?:is|are|was|were|do|does|did|can|could|will|would|should|has|have|had|may|might|must|"
+    r"isn't|aren't|don't|doesn't|didn't|can't)\b(?!\s+(?:you|i|we)\b)|\b(?:if|whether)\b|\byes or no\b|"
+    r"\btrue or false\b", re.IGNORECASE)
+
+
+def restated_keys(text: str) -> set[str]:
+    """The text's words that could restate a prompt, by their first ``PREFIX`` letters: not the commonest words
+    of the languages ``english.common_words_any_language`` knows, nor words of one or two letters."""
+    common = english.common_words_any_language()
+    stems = [english.stem(token) for token in re.findall(r"\w+", text.lower())
+             if token not in common and (len(token) > 2 or token.isdigit())]
+    return {stem[:PREFIX] for stem in stems if stem not in common}  # "goes" -> "go", "works" -> "work"
+
+
+DISCOURSE_KEYS = frozenset(word[:PREFIX] for word in DISCOURSE)
 
 
 @dataclass(frozen=True)
 class EchoFilter(Filter):
-    """An answer that only repeats its prompt: the answer copies a run of ``min_copied_words`` words or more
-    of the prompt and adds nothing (a translation or rewrite handed back unchanged); or every content word
-    of the answer is the prompt's, or a restating word ("asking", "question"), and it restates at least
-    ``min_overlap`` of the prompt's content words. Earlier user turns count as the prompt. "The capital of
-    France is Paris." adds "Paris", so it is kept. Words, not one language's: every row is judged."""
+    """An answer that only repeats its prompt: it copies a run of ``min_copied_words`` words or more of the
+    prompt and adds nothing (a translation or rewrite handed back unchanged); or it adds no word of its own
+    beyond the prompt's, the commonest words and talk about the asking ("so you're asking", "a summary of"),
+    and restates at least ``min_overlap`` of the latest prompt's words (all of them when the prompt offers a
+    choice: "Python is interpreted" picks one of "compiled or interpreted"). Earlier user turns count as the
+    prompt. "The capital of France is Paris." adds "Paris"; "Yes, whales are mammals." adds the verdict to a
+    yes/no question. The commonest words of several languages: every row is judged."""
 
     name: ClassVar[str] = "prompt_echo"
     reason: ClassVar[str] = ECHOED_PROMPT
     min_overlap: float
     min_copied_words: int = 4
 
+    def echoes(self, asked: str, latest: str, answer: str) -> bool:
+        answer_words = words(answer)
+        if len(answer_words) >= self.min_copied_words and \
+                f" {' '.join(answer_words)} " in f" {' '.join(words(asked))} ":
+            return True
+        if len(answer_words) < 2 or (VERDICT.match(answer) and YES_NO_QUESTION.search(latest)):
+            return False
+        said = restated_keys(answer) - DISCOURSE_KEYS
+        # a number taken from the prompt answers a choice ("3 or 5?" -> "5"): not an echo
+        if not said or all(key.isdigit() for key in said) or said - restated_keys(asked):
+            return False
+        restatable = restated_keys(latest) - DISCOURSE_KEYS or said
+        needed = len(restatable) if re.search(r"\bor\b", latest, re.IGNORECASE) else \
+            self.min_overlap * len(restatable)
+        return len(said & restatable) >= needed
+
     def keeps(self, messages: Messages) -> bool:
-        for asked, answer in asked_so_far(messages):
-            answer_words = words(answer)
-            if not answer_words:
+        asked: list[str] = []
+        for prompt, answer in zip(messages, messages[1:], strict=False):
+            if prompt["role"] != "user":
                 continue
-            if len(answer_words) >= self.min_copied_words and f" {' '.join(answer_words)} " in \
-                    f" {' '.join(words(asked))} ":
-                return False
-            said = set(english.content_words(answer))
-            prompt = set(english.content_words(asked))
-            latest = set(english.content_words(asked.rsplit("\n", 1)[-1])) or prompt
-            # a number or one word taken from the prompt answers a choice ("3 or 5?" -> "5"): not an echo
-            if len(answer_words) >= 2 and not all(word.isdigit() for word in said) and \
-                    not said - prompt - RESTATING and \
-                    len(said & latest) >= self.min_overlap * len(latest):
+            asked.append(prompt["content"])
+            if answer["role"] == "assistant" and self.echoes("\n".join(asked), prompt["content"], answer["content"]):
                 return False
         return True
 
@@ -233,8 +244,10 @@ class RefusalClassifierFilter(Filter):
     def reasons(self, conversations: Sequence[Messages]) -> list[str]:
         from pipelines.curate import refusal
 
+        # "No, it should be 'you and me'" opens with a verdict on a yes/no question: an answer, not a refusal
         asked = [(i, answer) for i, messages in enumerate(conversations) if self.judges(messages)
-                 for answer in answers(messages) if refusal.has_cue(answer)]
+                 for prompt, answer in exchanges(messages) if refusal.has_cue(answer) and
+                 not (VERDICT.match(answer) and YES_NO_QUESTION.search(prompt))]
         probabilities = refusal.refusal_probabilities([answer for _, answer in asked])
         refused = {i for (i, _), probability in zip(asked, probabilities, strict=True)
                    if probability >= self.threshold}

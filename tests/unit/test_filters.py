@@ -4,9 +4,14 @@ import pytest
 
 from pipelines.config import CurateConfig
 from pipelines.curate.filters import (
+    AdequacyFilter,
+    EchoFilter,
     EmptyAnswerFilter,
     LanguageFilter,
     LengthFilter,
+    NonWordFilter,
+    PlaceholderFilter,
+    RefusalClassifierFilter,
     RefusalFilter,
     RepeatedLinesFilter,
     RepeatedNgramsFilter,
@@ -190,3 +195,141 @@ def test_the_chain_is_named_filters_in_order():
     assert [f.reason for f in chain] == [BAD_TURNS, EMPTY_ANSWER, REFUSAL, ECHOED_PROMPT, REPEATED_LINES,
                                          REPEATED_NGRAMS, SHORT_ANSWER, PLACEHOLDER, NON_WORDS, OVER_LONG,
                                          OTHER_LANGUAGE, INADEQUATE_ANSWER, CLASSIFIED_REFUSAL, UNRELATED_ANSWER]
+
+
+# --- what an answer says (issue 12): rows each filter must drop with its reason, and rows it must keep ------
+
+def not_english(messages):
+    return False
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("Explain how tides work.", "[ANSWER]"),
+    ("Explain how tides work.", "TODO: write answer"),
+    ("Describe the water cycle.", "{{response}}"),
+    ("Summarise the plot of Hamlet.", "N/A"),
+    ("Give a fun fact about owls.", "<!-- answer -->"),
+    ("How do I install Rust?", "Step 1: ...\nStep 2: ...\nStep 3: ..."),
+    ("List three uses of copper.", "1.\n2.\n3."),
+    ("Write a function that reverses a list.", "```python\ndef reverse(items):\n    pass\n```"),
+    ("Write a haiku about rain.", "Lorem ipsum dolor sit amet, consectetur adipiscing elit."),
+    ("Write a cover letter for a nurse.", "Dear [NAME],\n\nI am applying for [POSITION] at [HOSPITAL]. I have [X] "
+                                          "years of experience.\n\nSincerely,\n[YOUR NAME]"),
+    ("Describe the Moon.", "Content coming soon."),
+    ("Erkläre die Photosynthese.", "[ANTWORT]"),
+])
+def test_placeholders_are_dropped(prompt, answer):
+    assert PlaceholderFilter()(chat(f"u {prompt}", f"a {answer}")) == (False, PLACEHOLDER)
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("How do I clone a repository?", "Run `git clone <your-repo-url>`, then cd into the folder it creates."),
+    ("How do I read the first three items?", "Use items[0], items[1] and items[2]; indexing starts at 0."),
+    ("Write a thank-you note to Sam for dinner.", "Dear Sam, thank you for the lovely dinner last night; the risotto "
+                                                  "was wonderful and I loved meeting your sister. Best, [Your Name]"),
+    ("Give a regex for a capitalised word.", "^[A-Z][a-z]+$ matches a capitalised word."),
+    ("Which of 4, 6 and 8 are prime?", "None."),
+    ("Fix my function.", "def add(a, b):\n    # TODO: handle None\n    return a + b"),
+    ("Write a template for a meeting invite.", "Subject: [TOPIC]\nDate: [DATE]\nAgenda: [ITEMS]"),
+    ("What does the Maven line mean?", "[INFO] BUILD SUCCESS means Maven compiled and tested everything."),
+])
+def test_answers_holding_a_slot_or_two_are_kept(prompt, answer):
+    assert PlaceholderFilter()(chat(f"u {prompt}", f"a {answer}")) == (True, KEPT)
+
+
+@pytest.mark.parametrize("answer, english", [
+    ("asdfghjkl", True), ("sdkjfh lkjlkj qwpoeiru", True), ("jkjkjkjkjk;;;;;", True),
+    ("hgfhgf hgfhgfh ghfhgf", True),
+    # rows in another language: the shapes of mashing alone (keyboard rows, repeated units), no word list
+    ("asdfgjklöä asdföä jklöä", False), ("xcvxcvxcv nmnmnmnm", False),
+])
+def test_keyboard_mashing_is_non_words(answer, english):
+    check = NonWordFilter(0.5, english=None if not english else (lambda m: True))
+    assert check(chat("u Explain how interest rates work.", f"a {answer}")) == (False, NON_WORDS)
+
+
+@pytest.mark.parametrize("answer, english", [
+    ("The capital is Xanpel, on the river Ven.", True), ("nvm, idk", True),
+    ("Die Hauptstadt ist Wien, eine schöne Stadt an der Donau.", False),
+    ("La capitale est Paris, sur la Seine.", False), ("Strengths: rhythm and breadth.", False),
+])
+def test_words_and_names_are_kept(answer, english):
+    check = NonWordFilter(0.5, english=None if not english else (lambda m: True))
+    assert check(chat("u Tell me about it.", f"a {answer}")) == (True, KEPT)
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("Explain how a refrigerator keeps food cold.", "Refrigerant."),
+    ("Write a short story about a lighthouse.", "Sure."),
+    ("Why do leaves change colour in autumn?", "Chlorophyll."),
+    ("Could you walk me through setting up a budget?", "Spreadsheet."),
+    ("Beschreibe bitte, wie man Brot backt.", "Ja."),
+    ("Explique-moi comment fonctionne un moteur.", "Essence."),
+    ("Explica cómo funciona la fotosíntesis.", "Luz."),
+])
+def test_open_instructions_answered_in_a_word_are_inadequate(prompt, answer):
+    assert AdequacyFilter(4, english=None)(chat(f"u {prompt}", f"a {answer}")) == (False, INADEQUATE_ANSWER)
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("What is 7 x 8?", "56"), ("Translate 'dog' into German.", "Hund"), ("Is Paris in France?", "Yes."),
+    ("Classify the sentiment: 'I love it!'", "Positive"), ("Describe the sky in one word.", "Blue."),
+    ("List three primary colours.", "Red, yellow, blue"), ("Who wrote Hamlet?", "Shakespeare."),
+    ("True or false: the Sun is a star.", "True."), ("Explain why the sky is blue.",
+                                                     "Sunlight scatters off air molecules, blue most of all."),
+])
+def test_short_but_right_answers_are_adequate(prompt, answer):
+    assert AdequacyFilter(4, english=None)(chat(f"u {prompt}", f"a {answer}")) == (True, KEPT)
+
+
+def test_non_answers_are_inadequate_by_the_classifier_and_closed_answers_are_kept():
+    check = AdequacyFilter(4)
+    dropped = [chat("u When did the Berlin Wall fall?", f"a {answer}") for answer in ("idk lol", "Thx!", "🤷")]
+    kept = [chat("u What is the capital of Canada?", "a Ottawa."), chat("u What is 25% of 80?", "a 20"),
+            chat("u Is London north of Paris?", "a Yes."), chat("u Translate 'cat' into French.", "a chat"),
+            chat("u How do you say 'thank you' in Spanish?", "a gracias")]
+    assert check.reasons(dropped + kept) == [INADEQUATE_ANSWER] * 3 + [KEPT] * 5
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("Explain how photosynthesis works.", "You want me to explain how photosynthesis works."),
+    ("Why is the sea salty?", "Why is the sea salty? That's the question."),
+    ("Describe the life cycle of a frog.", "The life cycle of a frog is the life cycle a frog goes through."),
+    ("How does a jet engine work?", "How a jet engine works."),
+    ("Write a poem about autumn leaves.", "Write a poem about autumn leaves."),
+    ("Summarise the causes of the Great Depression.", "This is a summary of the causes of the Great Depression."),
+    ("Wie kann ich besser schlafen?", "Wie können Sie besser schlafen?"),
+])
+def test_answers_that_restate_the_prompt_are_echoes(prompt, answer):
+    assert EchoFilter(0.7)(chat(f"u {prompt}", f"a {answer}")) == (False, ECHOED_PROMPT)
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Are whales mammals?", "Yes, whales are mammals."),
+    ("Is Python compiled or interpreted?", "Python is interpreted."),
+    ("Which is bigger, 3 or 5?", "5"),
+    ("What's the currency of Switzerland?", "The Swiss franc (CHF)."),
+])
+def test_answers_that_add_something_are_not_echoes(prompt, answer):
+    assert EchoFilter(0.7)(chat(f"u {prompt}", f"a {answer}")) == (True, KEPT)
+
+
+@pytest.mark.parametrize("answer", [
+    "En tant qu'intelligence artificielle, je n'ai pas d'opinion.",
+    "Je suis désolé, mais je ne peux pas vous aider avec cette demande.",
+    "Als KI habe ich keine persönliche Meinung.", "Lo siento, pero no puedo ayudarte con eso.",
+])
+def test_refusal_phrases_in_other_languages(answer):
+    assert RefusalFilter()(chat("u Question ?", f"a {answer}")) == (False, REFUSAL)
+
+
+def test_the_refusal_classifier_drops_refusals_and_boilerplate_and_keeps_answers():
+    check = RefusalClassifierFilter(0.6)
+    refusals = [chat("u Write a poem about the sea.", "a I'm going to sit this one out, sorry."),
+                chat("u Plan a trip to Rome.", "a Travel involves risks, so I won't suggest an itinerary.")]
+    answers = [chat("u Is it correct to say 'between you and I'?", "a No, it should be 'between you and me'."),
+               chat("u Why won't my code run?", "a It cannot find the module: install it with pip install requests."),
+               chat("u Which laptop should I buy?", "a It depends on budget, but for most students a 14-inch "
+                                                    "laptop with 16 GB of RAM and a long battery life is best.")]
+    assert check.reasons(refusals + answers) == [CLASSIFIED_REFUSAL] * 2 + [KEPT] * 3
