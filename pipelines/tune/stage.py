@@ -71,6 +71,7 @@ def tune(cfg: RayloraConfig, manifest: DatasetManifest) -> TuneResult:
         params={"tune": cfg.tune.model_dump(mode="json")})
     try:
         grid = build_tuner(cfg, manifest, fingerprint, out_dir, parent_run_id).fit()
+        check_finished(grid, trial_count(cfg))
         trials, curves = collect_trials(grid, cfg.tune.metric)
         best = best_trial(trials, cfg.tune.metric, cfg.tune.mode)
     except Exception:
@@ -117,6 +118,15 @@ def build_tuner(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fing
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                   callbacks=[TrialProgress(cfg.tune.metric)]),
     )
+
+
+def check_finished(grid: Any, expected_trials: int) -> None:
+    """A search Tune stopped before its end (a stop signal: Ctrl-C, a job stopped) returns like a finished one,
+    with trials never started or left running; writing its result would make a rerun report it as done."""
+    ended = grid.num_terminated + grid.num_errors
+    if len(grid) < expected_trials or ended < len(grid):
+        raise StageError(f"the search stopped before it finished ({ended} of {expected_trials} trials ended): "
+                         "rerun the same command to resume it (finished trials are kept)")
 
 
 def collect_trials(grid: Any, metric: str) -> tuple[list[dict[str, Any]], dict[str, list[tuple[int, float]]]]:
