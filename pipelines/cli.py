@@ -10,6 +10,8 @@
     raylora jobs --address http://HEAD:8265 status|logs|stop JOB_ID   # a submitted job (no CONFIG)
     raylora generate configs/demo.yaml --prompt "What is 2 + 3?"   # answers of the champion (or --version, --from)
     raylora export configs/demo.yaml --merged out/merged             # merged model in safetensors (or --adapter OUT)
+    raylora study --list                         # the studies of the field's LoRA findings, with their claims
+    raylora study targets configs/demo.yaml      # one study: a Ray Tune grid, its table, plot and verdict
 
 Exit codes: 0 ok, 1 a stage failed, 2 usage or config error.
 """
@@ -253,6 +255,20 @@ def cmd_export(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_study(cfg: RayloraConfig | None, args: argparse.Namespace) -> int:
+    """``--list``: every study and its claims (no CONFIG). Otherwise run study NAME (a name in configs/studies/
+    or a YAML path) on CONFIG's model and data; the study file is checked before any Ray work."""
+    from pipelines.study import describe_studies, load_study, run_study
+
+    if args.list:
+        print(describe_studies(), end="")
+        return EXIT_OK
+    study = load_study(args.name)
+    verdict = run_study(study, cfg, reduced=args.reduced)
+    print(f"study {study.name}: {verdict['verdict']}  ({cfg.path('studies', study.name).resolve()})")
+    return EXIT_OK
+
+
 Handler = Callable[[RayloraConfig, argparse.Namespace], int]
 COMMANDS_WITHOUT_CONFIG = ("jobs",)  # about a job already submitted, whatever its config was
 COMMANDS: dict[str, tuple[Handler, str]] = {
@@ -270,6 +286,7 @@ COMMANDS: dict[str, tuple[Handler, str]] = {
     "plan": (cmd_plan, "print the memory plan (params, bytes per GPU by ZeRO stage) as JSON"),
     "bench": (cmd_bench, "benchmarks: curate | train | tune | all, measured side by side"),
     "demo-assets": (cmd_demo_assets, "write the sample data and build the offline tiny base model"),
+    "study": (cmd_study, "run one of the field's LoRA findings as a grid on your model and data; --list shows them"),
     "config": (cmd_show_config, "print the fully resolved config (defaults and overrides applied)"),
 }
 
@@ -315,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("action", choices=["status", "logs", "stop"], help="what to do with the job")
             cmd.add_argument("job_id", metavar="JOB_ID", help="the id raylora submit printed")
             cmd.set_defaults(config=None, overrides=[])
+            continue
+        if name == "study":
+            cmd.add_argument("--list", action="store_true", help="list the studies and their claims (no NAME, CONFIG)")
+            cmd.add_argument("--reduced", action="store_true", help="the study's few-step version (what tests run)")
+            cmd.add_argument("name", metavar="NAME", nargs="?", help="a study of configs/studies/, or a study YAML")
+            cmd.add_argument("config", metavar="CONFIG", nargs="?", help="YAML config: the model and data")
+            cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.max_steps=20")
             continue
         if name == "bench":
             cmd.add_argument("what", choices=["curate", "train", "tune", "all"], help="which benchmark to run")
@@ -369,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     # overrides may also follow the options (`plan CONFIG --num-gpus 4 adapter.r=16`): argparse leaves
     # those over, and subparsers rule out parse_intermixed_args
     args, leftover = parser.parse_known_args(argv)
-    needs_config = args.command not in COMMANDS_WITHOUT_CONFIG
+    needs_config = args.command not in COMMANDS_WITHOUT_CONFIG and not getattr(args, "list", False)
+    if needs_config and args.command == "study" and not (args.name and args.config):
+        parser.error("study needs NAME and CONFIG (or --list)")
     stray = [item for item in leftover if item.startswith("-") or "=" not in item or not needs_config]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")

@@ -1,0 +1,130 @@
+"""Every study's reduced version (one seed, a few steps) through the user's door, `raylora study NAME CONFIG
+--reduced`, on the session's curated data and one shared workdir: each writes a table with one row per grid
+point and seed, a plot and a verdict whose numbers are the table's, and its MLflow runs sit under one parent.
+One seed can never give a finding, so every reduced verdict must say inconclusive."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipelines.cli import EXIT_OK, main
+from pipelines.study import load_study, study_names
+from pipelines.study.report import read_table
+from pipelines.study.verdict import INCONCLUSIVE
+
+TINY_HIDDEN_SIZE = 128
+# the fewest eval generations (the reduced runs check the machinery, not the model), and two trials at a time
+# on the session's 2 CPUs (a trial's worker takes 0.9 of one; its driver 0.01)
+FAST_EVAL = ["train.eval_generate_limit=1", "train.eval_max_new_tokens=2", "tune.max_concurrent_trials=2",
+             "cluster.cpus_per_worker=0.9"]
+
+
+@dataclass(frozen=True)
+class Studied:
+    workdir: Path
+    config: Path
+    seconds: float
+    printed: str
+
+
+@pytest.fixture(scope="module")
+def studied(ray_local, curated_by_stage, tmp_path_factory) -> Studied:
+    """Every study, reduced, run once in one workdir (the session's curated data copied in, not curated again)."""
+    import contextlib
+    import io
+
+    workdir = tmp_path_factory.mktemp("studies")
+    (workdir / "curated").mkdir()
+    shutil.copy(curated_by_stage.workdir / "curated" / "manifest.json", workdir / "curated" / "manifest.json")
+    config = workdir / "study.yaml"
+    config.write_text(yaml.safe_dump({**curated_by_stage.config, "workdir": str(workdir)}))
+    printed = io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stdout(printed):
+        for name in study_names():
+            assert main(["study", name, str(config), "--reduced", *FAST_EVAL]) == EXIT_OK, name
+    return Studied(workdir, config, time.monotonic() - started, printed.getvalue())
+
+
+def number(cell: str) -> float:
+    return float(cell)
+
+
+def side_from_table(rows: list[dict[str, str]], selectors: list[dict], seed: str, metric: str) -> float:
+    total = 0.0
+    for selector in selectors:
+        values = [number(r[metric]) for r in rows
+                  if r["seed"] == seed and all(r[k] == str(v) for k, v in selector.items())]
+        total += sum(values) / len(values)
+    return total
+
+
+@pytest.mark.parametrize("name", study_names())
+def test_a_reduced_study_writes_its_table_plot_and_a_verdict_made_of_the_tables_numbers(studied, name):
+    study = load_study(name)
+    out = studied.workdir / "studies" / name
+    grid = study.scaled_grid(TINY_HIDDEN_SIZE, reduced=True)
+    seeds = study.run_seeds(reduced=True)
+
+    rows = read_table((out / "table.md").read_text())
+    points = math.prod(len(values) for values in grid.values()) * max(1, len(study.data))
+    assert len(rows) == points * len(seeds)
+    assert {r["seed"] for r in rows} == {str(s) for s in seeds}
+    assert all(r["error"] == "-" for r in rows)
+    for claim in study.claims:
+        assert all(number(r[claim.metric]) > 0 for r in rows), claim.metric
+    assert all(0 < number(r["eval_loss"]) < 20 for r in rows)
+
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "plot.png").stat().st_size > 10_000
+
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["reduced"] is True and verdict["grid"] == grid and verdict["seeds"] == seeds
+    assert len(verdict["claims"]) == len(study.claims)
+    for claim in verdict["claims"]:
+        for seed, difference in claim["per_seed_difference"].items():
+            a = side_from_table(rows, claim["a"], seed, claim["metric"])
+            b = side_from_table(rows, claim["b"], seed, claim["metric"])
+            # the table shows 6 significant digits: each value within 5e-6 of itself
+            assert difference == pytest.approx(a - b, abs=1e-5 * (abs(a) + abs(b)))
+        assert claim["n"] == len(seeds) and claim["mean"] == pytest.approx(
+            sum(claim["per_seed_difference"].values()) / len(seeds))
+        assert claim["verdict"] == INCONCLUSIVE and "a verdict needs at least 3" in claim["why"]
+    assert verdict["verdict"] == INCONCLUSIVE
+    assert f"raylora study: {name}: inconclusive; table, plot and verdict in {out}" in studied.printed
+
+
+@pytest.mark.parametrize("name", study_names())
+def test_a_studys_runs_sit_under_one_mlflow_parent_run(studied, name):
+    verdict = json.loads((studied.workdir / "studies" / name / "verdict.json").read_text())
+    client = MlflowClient(f"sqlite:///{studied.workdir / 'mlflow.db'}")
+    study_run = client.get_run(verdict["mlflow_run_id"])
+    assert study_run.info.status == "FINISHED"
+    assert study_run.data.tags["raylora.verdict"] == verdict["verdict"]
+    assert {a.path for a in client.list_artifacts(study_run.info.run_id, "study")} >= {
+        "study/table.md", "study/plot.png", "study/verdict.json"}
+    searches = client.search_runs([study_run.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}'")
+    assert sorted(r.info.run_id for r in searches) == sorted(verdict["searches"].values())
+    trials = [run for search in searches for run in client.search_runs(
+        [study_run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")]
+    assert len(trials) == len(read_table((studied.workdir / "studies" / name / "table.md").read_text()))
+    assert all(run.info.status == "FINISHED" for run in trials)
+
+
+def test_the_same_study_again_reports_its_verdict_without_training(studied, capsys):
+    trained = sorted(studied.workdir.glob("train/*/*/train_result.json"))
+    assert main(["study", "targets", str(studied.config), "--reduced", *FAST_EVAL]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "raylora study: targets (" in out and "already ran: inconclusive" in out
+    assert sorted(studied.workdir.glob("train/*/*/train_result.json")) == trained
+    print(f"all reduced studies together: {studied.seconds:.0f} s")  # shown with pytest -s
