@@ -74,6 +74,11 @@ def list_items(answer: str) -> int:
     return sum(1 for part in LIST_ITEM_BREAK.split(answer) if re.search(r"\w", part))
 
 
+def asks_for_something_small(prompt: str) -> bool:
+    """Whether ``prompt`` asks for one word, a name, yes or no, the result only: a short answer is what it wants."""
+    return CLOSED_REQUEST.search(prompt) is not None
+
+
 def asks_for_translation(prompt: str) -> bool:
     """Whether ``prompt`` asks to translate or to say something in a named language."""
     return TRANSLATION_REQUEST.search(prompt) is not None

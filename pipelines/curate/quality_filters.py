@@ -15,7 +15,13 @@ from pipelines.curate.filter_base import (
     answers,
     words,
 )
-from pipelines.curate.instructions import LIST_VERBS, asks_for_translation, list_items, open_verb
+from pipelines.curate.instructions import (
+    LIST_VERBS,
+    asks_for_something_small,
+    asks_for_translation,
+    list_items,
+    open_verb,
+)
 from pipelines.curate.reasons import (
     CLASSIFIED_REFUSAL,
     ECHOED_PROMPT,
@@ -119,9 +125,10 @@ class AdequacyFilter(Filter):
         """Short, not a number, sharing no word with what was asked ("g o a" for "Reverse a o g"), and made of
         words wordfreq lists (or of no words: "?", an emoji): the classifier must say. An unlisted word is a
         name or a term, which is what a closed question's answer often is ("Tovsil"). A translation's answer is
-        not English, whatever words it shares with English ("chat")."""
+        not English, whatever words it shares with English ("chat"), and a prompt that asks for one word or a
+        name wants a short answer ("Hat." for a word that rhymes with cat)."""
         answer_words = words(answer)
-        if asks_for_translation(asked) or len(answer_words) > NON_ANSWER_MAX_WORDS or NUMBER.match(answer) or set(answer_words) & set(words(asked)):
+        if asks_for_translation(asked) or asks_for_something_small(asked) or len(answer_words) > NON_ANSWER_MAX_WORDS or NUMBER.match(answer) or set(answer_words) & set(words(asked)):
             return False
         return all(english.zipf(word) > 0 for word in answer_words)
 
