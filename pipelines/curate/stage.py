@@ -23,7 +23,6 @@ write.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from collections import Counter
@@ -50,11 +49,11 @@ from pipelines.curate.dedup import (
     dedup_spec,
     find_duplicates,
     keeper_order,
-    shingles,
 )
 from pipelines.curate.embeddings import embedding_model_path
 from pipelines.curate.formats import ROW_SCHEMA
 from pipelines.curate.inputs import finished_output, input_fingerprint
+from pipelines.curate.kept_rows import kept_columns, key_matrix, scan_kept, shingle_sets, without_ids
 from pipelines.curate.output_dir import check_replaceable, moved, swap_in
 from pipelines.curate.raydata import (
     PartWriter,
@@ -290,44 +289,6 @@ def deduplicate(rows: Rows, dedup: DedupSpec | None) -> Rows:
     kept = rows.kept.map_batches(without_ids, batch_format="pyarrow", fn_kwargs={"ids": dropped_ids}) \
         if len(dropped_ids) else rows.kept
     return Rows(kept=kept, files=rows.files, dropped=[*rows.dropped, duplicates], dropped_ids=dropped_ids)
-
-
-def scan_kept(files: list[str], columns: list[str], dropped_ids: pa.Array | None = None) -> Iterator[pa.Table]:
-    """``columns`` of the rows without a reason in ``files``, less ``dropped_ids``, a row group at a time."""
-    for table in scan(files, [*columns, "reason"] if "reason" not in columns else columns, kept_only=True):
-        if dropped_ids is not None and len(dropped_ids):
-            table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=dropped_ids)))
-        yield table.select(columns)
-
-
-def kept_columns(files: list[str], columns: list[str], dropped_ids: pa.Array | None = None) -> pa.Table:
-    """``scan_kept`` in one table."""
-    tables = list(scan_kept(files, columns, dropped_ids))
-    return pa.concat_tables(tables) if tables else pa.table({name: [] for name in columns})
-
-
-def key_matrix(keys: pa.ChunkedArray) -> np.ndarray:
-    """list<int64> bucket keys of kept rows (each row as many) -> a (rows, keys per row) int64 matrix."""
-    flat = [chunk.flatten().to_numpy() for chunk in keys.chunks]
-    values = np.concatenate(flat) if flat else np.zeros(0, np.int64)
-    return values.reshape(len(keys), -1) if len(keys) else np.zeros((0, 0), np.int64)
-
-
-def shingle_sets(files: list[str], ids: pa.Array, positions: np.ndarray, shingle_words: int) -> dict[int, set[str]]:
-    """The shingle sets of the rows ``ids`` (at ``positions``): only these rows' conversations are parsed."""
-    position_of = dict(zip(ids.to_pylist(), positions.tolist(), strict=True))
-    found: dict[int, set[str]] = {}
-    for table in scan(files, ["id", "messages", "reason"], kept_only=True):
-        wanted = table.filter(pc.is_in(table.column("id"), value_set=ids))
-        for row_id, messages in zip(wanted.column("id").to_pylist(), wanted.column("messages").to_pylist(),
-                                    strict=True):
-            found[position_of[row_id]] = set(shingles(json.loads(messages), shingle_words))
-    return found
-
-
-def without_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
-    """Ray UDF: the rows whose id is not in ``ids``."""
-    return batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=ids)))
 
 
 # --- 3. select ------------------------------------------------------------------------------------------
