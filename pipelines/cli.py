@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from pipelines.artifacts import curated_manifest_path, read_curated_manifest
 from pipelines.config import RayloraConfig, dump_config, load_config
-from pipelines.console import setup_console
+from pipelines.console import setup_console, stop_relaying
 from pipelines.errors import ConfigError, StageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -413,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as err:
         print(f"raylora {args.command} failed: {err}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        stop_relaying()
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ class LineRelay:
         return lines
 
 
-_relay: dict[str, Any] = {}  # the driver's relay for the current Ray job: {"job", "actor"}
+_relay: dict[str, Any] = {}  # the driver's relay for the current Ray job: {"job", "actor", "thread"}
 
 
 def relay_worker_lines() -> None:
@@ -99,8 +99,25 @@ def relay_worker_lines() -> None:
     if _relay.get("job") == job:
         return
     actor = ray.remote(num_cpus=0)(LineRelay).options(name=RELAY_NAME, get_if_exists=True).remote()
-    _relay.update(job=job, actor=actor)
-    threading.Thread(target=_drain, args=(actor,), name="raylora-console", daemon=True).start()
+    drain = threading.Thread(target=_drain, args=(actor,), name="raylora-console", daemon=True)
+    _relay.update(job=job, actor=actor, thread=drain)
+    drain.start()
+
+
+def stop_relaying() -> None:
+    """Print what the relay still holds and stop the drain thread; the CLI calls it before the process exits.
+
+    A daemon thread inside ``ray.get`` while the interpreter finalises and Ray's exit handler tears down its
+    core worker crashes the process (SIGSEGV after a finished run, seen once in 2,575 s of suite)."""
+    if "actor" not in _relay:
+        return
+    try:
+        flush_worker_lines()
+    except Exception:  # Ray already shut down: what the relay held is gone with it
+        pass
+    drain = _relay.pop("thread")
+    _relay.clear()
+    drain.join(timeout=DRAIN_SECONDS * 10)
 
 
 def _drain(actor: Any) -> None:

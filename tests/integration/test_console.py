@@ -13,6 +13,8 @@ import copy
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,29 @@ def test_train_shows_progress_a_worker_failure_and_the_summary_and_nothing_else(
     for noise in NOISE:
         assert noise not in shown, f"{noise!r} reached the terminal:\n{shown}"
     assert (Path(raw["workdir"]) / "logs" / "libraries.log").is_file()  # where the chatter went
+
+
+def test_stopping_the_relay_prints_what_it_holds_and_ends_its_thread(ray_local, capsys):
+    """The CLI stops the relay before exiting: a drain thread still inside ``ray.get`` while Ray's exit handler
+    tears down the core worker can crash the process after a finished run."""
+    from pipelines.console import relay_worker_lines, stop_relaying
+
+    @ray_local.remote(num_cpus=0)
+    def speak() -> None:
+        from pipelines.console import say
+
+        say("[raylora test] from a worker")
+
+    relay_worker_lines()
+    drains = [thread for thread in threading.enumerate() if thread.name == "raylora-console"]
+    ray_local.get(speak.remote())
+    shown = ""
+    for _ in range(40):  # the worker's line travels through the relay actor, not in order with our calls
+        shown += capsys.readouterr().out
+        if "from a worker" in shown:
+            break
+        time.sleep(0.25)
+    stop_relaying()
+    assert "[raylora test] from a worker" in shown
+    assert drains and not any(thread.is_alive() for thread in drains)
+    stop_relaying()  # idempotent: nothing relays any more
