@@ -14,6 +14,7 @@ controller says one line when workers fail (``worker_failure_lines``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -111,10 +112,8 @@ def stop_relaying() -> None:
     core worker crashes the process (SIGSEGV after a finished run, seen once in 2,575 s of suite)."""
     if "actor" not in _relay:
         return
-    try:
+    with contextlib.suppress(Exception):  # Ray already shut down: what the relay held is gone with it
         flush_worker_lines()
-    except Exception:  # Ray already shut down: what the relay held is gone with it
-        pass
     drain = _relay.pop("thread")
     _relay.clear()
     drain.join(timeout=DRAIN_SECONDS * 10)

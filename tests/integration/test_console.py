@@ -4,12 +4,13 @@
 
 The command runs in a subprocess, and so on a Ray cluster of its own rather than the session's shared one:
 what reaches a terminal is settled per process (Ray's log_to_driver, logging handlers, warning filters).
-A worker is killed mid-run, which is when Ray is loudest.
+A worker is killed mid-run, which is when Ray is loudest; the restored group continues the step counter.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
+from pipelines.config import validate_config
 from pipelines.train.driver import FAULT_KILL_ENV, TEST_HOOKS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +37,7 @@ def test_train_shows_progress_a_worker_failure_and_the_summary_and_nothing_else(
     raw = copy.deepcopy(demo_config_dict)
     raw["run_name"] = "console"
     raw["model"]["max_seq_len"] = 128
-    raw["train"].update({"max_steps": 3, "micro_batch_size": 4, "warmup_ratio": 0.0, "log_every": 1,
+    raw["train"].update({"max_steps": 4, "micro_batch_size": 4, "warmup_ratio": 0.0, "log_every": 1,
                          "eval_every": 2, "checkpoint_every": 2, "eval_generate_limit": 2, "eval_max_new_tokens": 2})
     raw["cluster"].update({"num_workers": 2, "cpus_per_worker": 0.5, "max_failures": 1})
     curated_manifest.write(Path(raw["workdir"]) / "curated" / "manifest.json")
@@ -51,8 +54,8 @@ def test_train_shows_progress_a_worker_failure_and_the_summary_and_nothing_else(
     steps = [line.split("]", 1)[1].split(" loss")[0].strip() for line in lines
              if " loss " in line and "eval_loss" not in line]
     # one line per log window; rank 0 may finish step 3 before its peer's death stops it, then redoes it
-    assert sorted(set(steps)) == ["step 1/3", "step 2/3", "step 3/3"] and len(steps) in (3, 4), steps
-    assert sum("eval_loss" in line for line in lines) == 2  # steps 2 and 3
+    assert sorted(set(steps)) == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"] and len(steps) in (4, 5), steps
+    assert sum("eval_loss" in line for line in lines) == 2  # steps 2 and 4
     failed = [line for line in lines if "failed" in line]
     assert len(failed) == 1 and "restarting from the step-2 checkpoint" in failed[0], shown
     assert any(line.endswith("from scratch") for line in lines) and any(
@@ -61,6 +64,12 @@ def test_train_shows_progress_a_worker_failure_and_the_summary_and_nothing_else(
     for noise in NOISE:
         assert noise not in shown, f"{noise!r} reached the terminal:\n{shown}"
     assert (Path(raw["workdir"]) / "logs" / "libraries.log").is_file()  # where the chatter went
+
+    # the restored group continued the step counter: steps 1-2 before the death, 3-4 after, none repeated
+    result = json.loads(next(Path(raw["workdir"]).glob("train/console/*/train_result.json")).read_text())
+    assert result["metrics"]["resumed_from_step"] == 2 and result["metrics"]["step"] == 4
+    history = MlflowClient(validate_config(raw).tracking_uri).get_metric_history(result["mlflow_run_id"], "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
 
 
 def test_stopping_the_relay_prints_what_it_holds_and_ends_its_thread(ray_local, capsys):
