@@ -22,7 +22,6 @@ from pipelines import tracking
 from pipelines.artifacts import TrainResult
 from pipelines.config import RayloraConfig, validate_config
 from pipelines.config.search_space import apply_point
-from pipelines.errors import StageError
 from pipelines.models import resolve_base_model
 from pipelines.study.report import plot_claims, table_markdown
 from pipelines.study.schema import LARGEST, SMALLEST, VARIANT_KEY, Claim, Study
@@ -112,9 +111,6 @@ def judge_claim(claim: Claim, rows: list[dict[str, Any]], axes: dict[str, list],
         va, vb = side_value(a, rows, seed, claim.metric), side_value(b, rows, seed, claim.metric)
         if va is not None and vb is not None:
             per_seed[seed] = va - vb
-    if not per_seed:
-        raise StageError(f"claim '{claim.statement}': no seed has {claim.metric} on both sides (a trial failed, "
-                         "or the metric is not reported): see the table")
     return {**claim_verdict(claim.statement, claim.metric, claim.expect, claim.tolerance, per_seed),
             "a": a, "b": b, "seeds_missing": [s for s in seeds if s not in per_seed]}
 
@@ -166,7 +162,8 @@ def run_study(study: Study, cfg: RayloraConfig, reduced: bool = False) -> dict[s
     verdict_path.write_text(json.dumps(verdict, indent=2, sort_keys=True) + "\n")
     tracking.client(cfg.tracking_uri).set_tag(study_run, "raylora.verdict", verdict["verdict"])
     tracking.finish_run(cfg.tracking_uri, study_run, step=0, artifacts={"study": out_dir},
-                        metrics={f"claim{i}_mean_difference": c["mean"] for i, c in enumerate(claims)})
+                        metrics={f"claim{i}_mean_difference": c["mean"] for i, c in enumerate(claims)
+                                 if c["mean"] is not None})
     print("\n" + table, flush=True)
     for claim in claims:
         say(f"{claim['verdict']:>12}  {claim['statement']} ({claim['metric']}: {claim['why']})")

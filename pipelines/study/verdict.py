@@ -25,7 +25,7 @@ NOISE_BAND = 2.0  # standard errors a mean difference must exceed to count
 @dataclass(frozen=True)
 class SeedDifference:
     n: int
-    mean: float
+    mean: float | None  # None when no seed was measured on both sides
     standard_error: float | None  # None with one seed: no spread to measure
     counts: bool  # at least MIN_SEEDS seeds and |mean| > NOISE_BAND standard errors
 
@@ -74,9 +74,15 @@ def overall(verdicts: list[str]) -> str:
 
 def claim_verdict(statement: str, metric: str, expect: str, tolerance: float,
                   per_seed: dict[int, float]) -> dict[str, Any]:
-    """One claim's verdict as plain data (what verdict.json holds)."""
-    difference = seed_difference(list(per_seed.values()))
-    verdict, why = judge(difference, expect, tolerance)
+    """One claim's verdict as plain data (what verdict.json holds); with no seed measured on both sides it is
+    inconclusive, so the table of what did run is still written."""
+    if per_seed:
+        difference = seed_difference(list(per_seed.values()))
+        verdict, why = judge(difference, expect, tolerance)
+    else:
+        difference = SeedDifference(0, None, None, False)
+        verdict, why = INCONCLUSIVE, (f"no seed has {metric} on both sides (a trial failed, or the metric is not "
+                                      "reported): see the table")
     return {"statement": statement, "metric": metric, "expect": expect, "tolerance": tolerance,
             "per_seed_difference": {str(seed): value for seed, value in per_seed.items()},
             **asdict(difference), "verdict": verdict, "why": why}

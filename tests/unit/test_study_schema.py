@@ -160,6 +160,11 @@ def test_a_gap_that_grows_with_r_is_judged_from_per_seed_contrasts():
     del memory[("sgd", 8, 2)]  # a failed trial: its seed has no contrast
     judged = judge_claim(claim, rows_of(memory), axes, [0, 1, 2])
     assert judged["seeds_missing"] == [2] and judged["verdict"] == INCONCLUSIVE
+    for seed in (0, 1):  # every trial of one point failed: inconclusive, not an error that loses the table
+        del memory[("sgd", 8, seed)]
+    judged = judge_claim(claim, rows_of(memory), axes, [0, 1, 2])
+    assert judged["verdict"] == INCONCLUSIVE and judged["n"] == 0 and judged["mean"] is None
+    assert judged["seeds_missing"] == [0, 1, 2] and "no seed has peak_memory_mib on both sides" in judged["why"]
 
 
 def test_the_table_has_one_row_per_point_and_seed_and_reads_back():
