@@ -1,4 +1,5 @@
-"""Adapter config -> PEFT model on any Hugging Face causal LM: the base frozen (optionally 4-bit), the adapter on top.
+"""Adapter config -> PEFT model on any Hugging Face causal LM: the base frozen (optionally 4-bit), the adapter on top;
+or, for full fine-tuning, the base itself with every weight trainable.
 
     from adapters.build import build_model
     built = build_model(cfg.model, cfg.adapter)   # cfg.model.base must be a path or hub id
@@ -11,6 +12,7 @@ model's own); the rows of a configured template's special tokens are trained bes
 ``trainable_token_indices``), after the embeddings grow for any token the template added.
 A PiSSA adapter is saved as PEFT saves it (``init_lora_weights: pissa``): loading it redoes the same SVD on
 the same base, so it reloads exactly; it does not apply to a different base.
+``full`` is full fine-tuning: no PEFT wrapping, every weight of the base trains (the model itself is returned).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from adapters.templates import resolve_chat_template
 from adapters.tokenizer import load_tokenizer
@@ -35,7 +37,7 @@ PEFT_INIT = {"gaussian": "gaussian", "pissa": "pissa", "loftq": "gaussian"}  # l
 
 @dataclass
 class BuiltModel:
-    model: PeftModel
+    model: PeftModel | PreTrainedModel  # the plain model under full fine-tuning (adapter.method=full)
     tokenizer: PreTrainedTokenizerBase
     trainable_params: int
     total_params: int
@@ -115,6 +117,8 @@ def keep_4bit_layout(model: torch.nn.Module) -> None:
 
 def check_targets(model: torch.nn.Module, adapter_cfg: AdapterConfig) -> None:
     """Fail with the model's own linear-layer names when a listed target does not exist in it."""
+    if adapter_cfg.is_full:
+        return  # no adapter: adapter.target_modules is not used
     targets = target_modules(adapter_cfg)
     if isinstance(targets, str):
         return
@@ -217,7 +221,8 @@ def loftq_init(model: PeftModel, base_dir: str | Path) -> int:
 
 
 def build_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> BuiltModel:
-    """Load the base frozen (4-bit for QLoRA / QDoRA), apply the adapter, set up gradient checkpointing.
+    """Load the base frozen (4-bit for QLoRA / QDoRA), apply the adapter, set up gradient checkpointing; under
+    full fine-tuning, unfreeze the base instead of applying an adapter.
 
     Unlike ``peft.prepare_model_for_kbit_training``, the base's non-4-bit weights are not upcast to float32:
     ZeRO-3 shards a 4-bit base only when every parameter has one dtype, and the memory planner counts them
@@ -230,6 +235,11 @@ def build_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> BuiltMode
     if model_cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need inputs that need grad
+    if adapter_cfg.is_full:
+        # full fine-tuning: no adapter; every weight trains, the rows a chat template added among them
+        base.requires_grad_(True)
+        total = sum(p.numel() for p in base.parameters())  # a tied embedding is one parameter, counted once
+        return BuiltModel(model=base, tokenizer=tokenizer, trainable_params=total, total_params=total)
     token_layers = trainable_token_layers(base, template_token_ids(model_cfg, tokenizer), adapter_cfg)
     model = get_peft_model(base, peft_config(adapter_cfg, token_layers))
     if adapter_cfg.init == "loftq":

@@ -8,7 +8,9 @@
 loads without PEFT (vLLM, TGI, llama.cpp's convert_hf_to_gguf.py): the adapter merged into its base by
 ``adapters.merge`` (a 4-bit base dequantised first) and checked against the unmerged model on a probe batch.
 ``export_adapter`` copies the PEFT files (vLLM ``--lora-modules``, TGI ``LORA_ADAPTERS``, llama.cpp's
-convert_lora_to_gguf.py), which need their base beside them. Each export records itself in ``export.json``.
+convert_lora_to_gguf.py), which need their base beside them. ``export_full_model`` copies a full fine-tuned
+model (``adapter.method: full``), which is already what a merged export is. Each export records itself in
+``export.json``.
 
 The output directory must be new or empty; ``force`` replaces an earlier export (a directory holding only the
 files its export.json lists), never a directory holding anything else, so nothing but an export's own files is
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.io import check_adapter_dir
+from adapters.io import check_adapter_dir, is_full_model_dir
 from adapters.merge import MERGE_REPORT, merge_adapter
 from pipelines.config import AdapterConfig, ModelConfig
 from pipelines.errors import ConfigError
@@ -99,6 +101,23 @@ def export_merged(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, adapter_di
         return {key: value for key, value in asdict(report).items() if key not in ("merged_dir", "adapter_dir")}
 
     return write_export(out, merge, kind="merged", source=source, base_model=model_cfg.base, force=force)
+
+
+def export_full_model(model_dir: str | Path, out: str | Path, *, base_model: str, force: bool = False,
+                      source: str = "") -> ExportReport:
+    """A full fine-tuned model (``adapter.method: full``) is already a plain transformers model: its files (model,
+    tokenizer, chat template) are copied to ``out`` as a merged export, with nothing to merge or check."""
+    model_dir = Path(model_dir)
+    if not is_full_model_dir(model_dir):
+        raise ConfigError(f"{model_dir} is not a full fine-tuned model (no config.json, or an adapter_config.json): "
+                          "export an adapter with export_merged or export_adapter")
+
+    def copy(staging: Path) -> None:
+        for entry in model_dir.iterdir():
+            if entry.is_file():
+                shutil.copy2(entry, staging / entry.name)
+
+    return write_export(out, copy, kind="merged", source=source, base_model=base_model, force=force)
 
 
 def export_adapter(adapter_dir: str | Path, out: str | Path, *, base_model: str, force: bool = False,

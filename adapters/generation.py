@@ -1,5 +1,6 @@
-"""Answer prompts with a trained adapter: the base and the adapter loaded with plain transformers and PEFT, each
-prompt rendered as one user turn by the chat template the adapter was trained with, greedy unless told otherwise.
+"""Answer prompts with a trained adapter (or a full fine-tuned model): the base and the adapter loaded with plain
+transformers and PEFT, each prompt rendered as one user turn by the chat template the adapter was trained with,
+greedy unless told otherwise.
 
     from adapters.generation import generate_answers, load_adapter_model
     model, tokenizer = load_adapter_model("meta-llama/Llama-3.1-8B-Instruct", "run/adapter", dtype=torch.bfloat16)
@@ -16,7 +17,13 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 # a two-turn conversation every chat template renders; the first special token after its answer ends a turn
 PROBE = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"}]
@@ -24,16 +31,30 @@ PROBE = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "c
 
 def load_adapter_model(base_model: str, adapter_dir: str | Path, *, revision: str | None = None,
                        dtype: torch.dtype = torch.float32, quantization: BitsAndBytesConfig | None = None,
-                       trust_remote_code: bool = False) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+                       trust_remote_code: bool = False) -> tuple[PeftModel | PreTrainedModel, PreTrainedTokenizerBase]:
     """The base (a path or hub id; 4-bit when ``quantization`` is given) with the adapter applied, in eval mode,
-    on the GPU when there is one; and the tokenizer saved with the adapter (its chat template)."""
+    on the GPU when there is one; and the tokenizer saved with the adapter (its chat template).
+
+    A directory without ``adapter_config.json`` but with a model's ``config.json`` holds a full fine-tuned model
+    (``adapter.method: full``): it loads as it is, a plain transformers model, and ``base_model`` is not read."""
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    device_map = "cuda" if torch.cuda.is_available() else None
+    if is_full_model_dir(adapter_dir):
+        model = AutoModelForCausalLM.from_pretrained(str(adapter_dir), dtype=dtype,
+                                                     trust_remote_code=trust_remote_code, device_map=device_map)
+        return model.eval(), tokenizer
     base = AutoModelForCausalLM.from_pretrained(
         base_model, revision=revision, dtype=dtype, quantization_config=quantization,
-        trust_remote_code=trust_remote_code, device_map="cuda" if torch.cuda.is_available() else None)
+        trust_remote_code=trust_remote_code, device_map=device_map)
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # the template added tokens
         base.resize_token_embeddings(len(tokenizer))
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), tokenizer
+
+
+def is_full_model_dir(path: str | Path) -> bool:
+    """A full fine-tuned model's directory (``adapters.io.save_full_model``; any ``save_pretrained``): a model
+    config and no adapter config."""
+    return (Path(path) / "config.json").is_file() and not (Path(path) / "adapter_config.json").is_file()
 
 
 def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

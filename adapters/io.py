@@ -11,6 +11,10 @@ tokenizer (``load_adapter`` does it). Under DeepSpeed ZeRO-3 every rank holds
 only a shard of each parameter (a zero-sized tensor locally), so the adapter weights are gathered
 before saving; an adapter whose tensors are empty or zero-sized is refused with an error instead
 of being written silently (a known failure of other tools).
+
+Full fine-tuning (``adapter.method: full``) has no adapter: ``save_full_model`` writes the whole model with
+``save_pretrained`` (safetensors, no adapter_config.json) into the same place, its ZeRO-3 shards gathered and
+refused when empty in the same way; ``is_full_model_dir`` tells the two kinds of directory apart.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from pathlib import Path
 import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from adapters.generation import is_full_model_dir
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
@@ -64,14 +70,16 @@ def adapter_state_dict(model: PeftModel, gather: bool = True) -> dict[str, torch
     return state
 
 
-def check_not_empty(state: dict[str, torch.Tensor]) -> None:
+def check_not_empty(state: dict[str, torch.Tensor], kind: str = "adapter", saver: str = "save_adapter") -> None:
+    """Refuse a state dict that would save nothing; ``kind`` and ``saver`` name what is saved and the function
+    that gathers it (a full fine-tuned model: "model", "save_full_model")."""
     if not state:
-        raise EmptyAdapterError("the adapter has no tensors: check adapter.target_modules against the model")
+        raise EmptyAdapterError(f"the {kind} has no tensors: check adapter.target_modules against the model")
     empty = [k for k, v in state.items() if v.numel() == 0]
     if empty:
         raise EmptyAdapterError(
-            f"{len(empty)} of {len(state)} adapter tensors are zero-sized (e.g. {empty[0]}): they are ZeRO-3 shards "
-            "that were not gathered; save through adapters.io.save_adapter on every rank, which gathers them"
+            f"{len(empty)} of {len(state)} {kind} tensors are zero-sized (e.g. {empty[0]}): they are ZeRO-3 shards "
+            f"that were not gathered; save through adapters.io.{saver} on every rank, which gathers them"
         )
 
 
@@ -105,8 +113,65 @@ def save_adapter(model: PeftModel, out_dir: str | Path, is_main_process: bool = 
     return out
 
 
+def unwrap_full_model(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers model inside a DeepSpeed engine or DDP wrapper (or the model itself)."""
+    while not isinstance(model, PreTrainedModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"expected a transformers model, got {type(model).__name__}")
+    return model
+
+
+def full_model_state_dict(model: PreTrainedModel, is_main_process: bool = True) -> dict[str, torch.Tensor]:
+    """Every tensor of the model's state dict on CPU, on the main process (empty on the others); each ZeRO-3
+    partitioned parameter gathered from every shard first, one at a time, so a rank's device holds at most one
+    gathered parameter beyond its shards (the main process keeps the CPU copies it writes). Under ZeRO-3 every
+    rank must call it (each gather is a collective)."""
+    state = {}
+    for name, tensor in unwrap_full_model(model).state_dict(keep_vars=True).items():
+        gathered = contextlib.nullcontext()
+        if hasattr(tensor, "ds_id"):
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters([tensor], modifier_rank=None)
+        with gathered:
+            if is_main_process:
+                state[name] = tensor.detach().clone().cpu()
+    if is_main_process:
+        check_not_empty(state, kind="model", saver="save_full_model")
+    return state
+
+
+def save_full_model(model: PreTrainedModel, out_dir: str | Path, is_main_process: bool = True,
+                    tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
+    """Write the whole model as ``save_pretrained`` does (config.json + safetensors weights); under ZeRO-3
+    every rank must call it. ``model`` may be the DeepSpeed engine or DDP wrapper around it; only the main
+    process writes. ``tokenizer`` is saved beside it, as with an adapter."""
+    model, out = unwrap_full_model(model), Path(out_dir)
+    state = full_model_state_dict(model, is_main_process)
+    if is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+        config = copy.deepcopy(model.config)
+        config.use_cache = True  # training switched the cache off; whoever generates with the saved model wants it
+        config.save_pretrained(str(out))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+    return out
+
+
+def check_trained_dir(trained_dir: str | Path) -> Path:
+    """``trained_dir`` is a saved adapter or a full fine-tuned model (what a train run exports either way)."""
+    if is_full_model_dir(trained_dir):
+        return Path(trained_dir)
+    return check_adapter_dir(trained_dir)
+
+
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
     path = Path(adapter_dir)
+    if is_full_model_dir(path):
+        raise FileNotFoundError(f"{path} holds a full fine-tuned model (adapter.method=full), not an adapter: load "
+                                "it with AutoModelForCausalLM.from_pretrained, or export it with --merged")
     missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a saved adapter (missing {', '.join(missing)}): "

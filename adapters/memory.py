@@ -18,6 +18,9 @@ the adapter is applied by PEFT itself, so parameter counts are PEFT's, exactly. 
   weights (the frozen base too) and gathers one layer at a time (counted twice: current + prefetched).
   ZeRO-Offload (Ren et al. 2021) moves gradients and optimizer states to CPU memory; stage 3 parameter
   offload moves the weights too, leaving the gathered layers on the GPU.
+* full fine-tuning (``adapter.method: full``): no adapter and nothing frozen; every parameter of the model is
+  trainable state (weights, gradients, optimizer states as above), ZeRO-3 gathers its trained weights, and
+  each linear layer saves its input for its weight's gradient.
 * activations: the tensors autograd saves in one forward pass of a Llama-style decoder with fused (flash /
   memory-efficient) attention, counted op by op (see ``activation_bytes``); with gradient checkpointing only
   each layer's input plus one layer recomputed in backward. Attention with an explicit mask on the math
@@ -88,8 +91,11 @@ def model_shape(hf_config: PretrainedConfig, adapter_cfg: AdapterConfig) -> Mode
         output_embeddings = base.get_output_embeddings()
         quantizable = sum(m.weight.numel() for m in base.modules()
                           if isinstance(m, torch.nn.Linear) and m is not output_embeddings)
-        model = get_peft_model(base, peft_config(counting_cfg))
-    trainable, total = model.get_nb_trainable_parameters()
+        model = base if adapter_cfg.is_full else get_peft_model(base, peft_config(counting_cfg))
+    if adapter_cfg.is_full:
+        trainable = total = sum(p.numel() for p in model.parameters())  # a tied embedding is counted once
+    else:
+        trainable, total = model.get_nb_trainable_parameters()
     layers = _decoder_layers(model)
     adapted = tuple(
         (name.rsplit(".", 1)[-1], module.in_features, module.out_features)
@@ -143,7 +149,8 @@ def activation_bytes(shape: ModelShape, micro_batch: int, seq_len: int, act_dtyp
       SwiGLU MLP (gate, silu(gate), up):                                 3 * T * i * a
       per adapted module: the input of lora_A (with dropout its own copy and the scaled noise mask, 2 * T * in * a)
       and lora_A's output (T * r * a); with DoRA also the base and LoRA outputs (2 * T * out * a), kept for the
-      magnitude's gradient.
+      magnitude's gradient. Under full fine-tuning no adapter, but every linear layer's input (T * h * a for the
+      attention, o_proj and MLP inputs, T * i * a for down_proj's), and the LM head's input once (T * h * a).
     Once: the logits (T * V * a), their fp32 log-softmax (T * V * 4), and the gradient of the log-softmax
     that backward allocates while it is still alive (T * V * 4). With gradient checkpointing forward keeps
     only each layer's input (T * h * a), and backward recomputes one layer at a time.
@@ -164,10 +171,14 @@ def activation_bytes(shape: ModelShape, micro_batch: int, seq_len: int, act_dtyp
             shared_inputs.add(_input_group(name))
         if adapter_cfg.method == "dora":
             adapter += 2 * tokens * out_features * act_dtype_bytes  # base and LoRA outputs, for the magnitude
+    if adapter_cfg.is_full:  # every linear weight trains: each input the four groups read is saved for its gradient
+        shared_inputs = {"attn", "mlp", "o", "down"}
     for group in shared_inputs:  # without dropout, lora_A saves a tensor no frozen op had to keep
         adapter += tokens * (i if group == "down" else h) * act_dtype_bytes
     per_layer = norms + attention + mlp + adapter
     final_norm = tokens * shape.hidden_size * 4
+    if adapter_cfg.is_full:  # a trained LM head saves its input, the final norm's output
+        final_norm += tokens * shape.hidden_size * act_dtype_bytes
     log_softmax = tokens * shape.vocab_size * 4
     logits_grad = tokens * shape.vocab_size * 4
     if gradient_checkpointing:
@@ -244,7 +255,10 @@ def plan(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, train_cfg: TrainCon
     act_bytes = 2 if train_cfg.precision in ("bf16", "fp16") else DTYPE_BYTES[model_cfg.dtype]
     activations = activation_bytes(shape, train_cfg.micro_batch_size, model_cfg.max_seq_len, act_bytes, adapter_cfg,
                                    model_cfg.gradient_checkpointing)
-    layer_bytes = round(base_bytes * shape.largest_layer_params / max(shape.base_params, 1))
+    if adapter_cfg.is_full:  # nothing is frozen: ZeRO-3 gathers trained weights, at their training dtype
+        layer_bytes = shape.largest_layer_params * per_param["weights"]
+    else:
+        layer_bytes = round(base_bytes * shape.largest_layer_params / max(shape.base_params, 1))
     budget = (gpu_memory_gib - reserve_gib) * GIB
     rows = []
     for setting in SETTINGS:

@@ -41,7 +41,7 @@ def cmd_demo_assets(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     from pipelines.demo import build_demo_assets
 
     for name, path in build_demo_assets(cfg).items():
-        print(f"{name:>10}  {path}")
+        print(f"{name:>11}  {path}")
     return EXIT_OK
 
 

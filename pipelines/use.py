@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.export import ExportReport, check_export_dir, export_adapter, export_merged
-from adapters.io import check_adapter_dir
+from adapters.export import ExportReport, check_export_dir, export_adapter, export_full_model, export_merged
+from adapters.io import check_trained_dir, is_full_model_dir
 from pipelines.config import ModelConfig, RayloraConfig
 from pipelines.errors import ConfigError, StageError
 from pipelines.models import resolve_base_model
@@ -59,7 +59,7 @@ class AdapterSource:
 
 def checked_adapter_dir(path: Path, where: str) -> Path:
     try:
-        return check_adapter_dir(path)
+        return check_trained_dir(path)
     except FileNotFoundError as err:
         raise ConfigError(f"{where}: {err}") from err
 
@@ -152,9 +152,16 @@ def generate(cfg: RayloraConfig, choice: AdapterChoice, prompts: list[str], *, m
 
 def export(cfg: RayloraConfig, choice: AdapterChoice, out: str | Path, *, merged: bool,
            force: bool = False) -> ExportReport:
-    """The chosen adapter merged into its base (``merged``) or as PEFT files, with its tokenizer, in ``out``."""
+    """The chosen adapter merged into its base (``merged``) or as PEFT files, with its tokenizer, in ``out``; a
+    full fine-tuned model is already whole, so ``merged`` copies it and an adapter export is refused."""
     check_export_dir(Path(out), force)  # before any download or load
     with adapter_source(cfg, choice) as source:
+        if is_full_model_dir(source.adapter_dir):
+            if not merged:
+                raise ConfigError(f"{source.description} is a full fine-tuned model (adapter.method=full): there is "
+                                  "no adapter to export; use --merged OUT, which saves the whole model")
+            return export_full_model(source.adapter_dir, out, base_model=source.model_config.base, force=force,
+                                     source=source.description)
         if merged:
             return export_merged(source.model_config, source.trained.adapter, source.adapter_dir, out, force=force,
                                  source=source.description)
@@ -166,9 +173,10 @@ def export_summary(report: ExportReport) -> str:
     """What `raylora export` prints: the source, the output, the merge check, and how to load the result."""
     lines = [f"adapter  {report.source}", f"{report.kind:<8} {report.out_dir}  ({len(report.files)} files)"]
     if report.merge is not None:
-        lines += [f"check    max |merged - unmerged| logit {report.merge['max_logit_diff']:.3g} (of max |logit| "
-                  f"{report.merge['max_abs_logit']:.3g}) on {report.merge['probe_tokens']} probe tokens",
-                  f"load     AutoModelForCausalLM.from_pretrained({report.out_dir!r})   or: vllm serve {report.out_dir}"]
+        lines.append(f"check    max |merged - unmerged| logit {report.merge['max_logit_diff']:.3g} (of max |logit| "
+                     f"{report.merge['max_abs_logit']:.3g}) on {report.merge['probe_tokens']} probe tokens")
+    if report.kind == "merged":
+        lines.append(f"load     AutoModelForCausalLM.from_pretrained({report.out_dir!r})   or: vllm serve {report.out_dir}")
     else:
         lines += [f"load     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({report.base_model!r}), "
                   f"{report.out_dir!r})",

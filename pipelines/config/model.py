@@ -47,11 +47,17 @@ class QuantConfig(Section):
         description="dtype the packed 4-bit weights are stored in; ZeRO-3 needs it equal to compute_dtype")
 
 
-class AdapterConfig(Section):
-    """Which adapter to put on the frozen base; the rules that need only this section live here."""
+FULL = "full"  # adapter.method that trains every base weight: no adapter, the saved artifact is a whole model
 
-    method: Literal["lora", "qlora", "dora"] = Field(
-        "lora", description="lora, qlora (LoRA on a 4-bit base) or dora (weight-decomposed LoRA)")
+
+class AdapterConfig(Section):
+    """Which adapter to put on the frozen base (or none: full fine-tuning); the rules that need only this
+    section live here."""
+
+    method: Literal["lora", "qlora", "dora", "full"] = Field(
+        "lora", description="lora, qlora (LoRA on a 4-bit base), dora (weight-decomposed LoRA), or full (full "
+        "fine-tuning: every base weight trains, no adapter; the saved artifact is a whole model, and the other "
+        "adapter.* keys but quant are unused)")
     r: int = Field(8, ge=1, description="rank of the low-rank update B @ A added to each target weight")
     alpha: int | None = Field(
         None, ge=1, description="scaling numerator: the update is scaled by alpha/r; null means 2r")
@@ -84,6 +90,11 @@ class AdapterConfig(Section):
     def is_quantized(self) -> bool:
         return self.method == "qlora" or self.quantize_base
 
+    @property
+    def is_full(self) -> bool:
+        """Full fine-tuning: every weight of the model trains, and a whole model is saved instead of an adapter."""
+        return self.method == FULL
+
     @field_validator("target_modules")
     @classmethod
     def _non_empty_targets(cls, v: Any) -> Any:
@@ -93,6 +104,8 @@ class AdapterConfig(Section):
 
     @model_validator(mode="after")
     def _adapter_rules(self) -> AdapterConfig:
+        if self.is_full:
+            self._check_full()
         if self.init == "loftq" and not self.is_quantized:
             raise ValueError("adapter.init=loftq initialises against a quantised base: use adapter.method=qlora")
         if self.init in ("pissa", "loftq") and self.method == "dora":
@@ -103,3 +116,16 @@ class AdapterConfig(Section):
                 "with a 4-bit base, or adapter.method=lora with adapter.quantize_base=false"
             )
         return self
+
+    def _check_full(self) -> None:
+        """Full fine-tuning updates the weights themselves: settings a user chooses for an adapter on a frozen
+        base are refused rather than silently ignored (r, alpha, dropout and targets keep their defaults unused)."""
+        if self.quantize_base:
+            raise ValueError("adapter.method=full trains every weight, and a 4-bit base cannot be trained: set "
+                             "adapter.quantize_base=false (or use adapter.method=qlora)")
+        if self.init != "gaussian":
+            raise ValueError(f"adapter.init={self.init} initialises LoRA weights, and adapter.method=full has none: "
+                             "set adapter.init=gaussian (or use adapter.method=lora)")
+        if self.modules_to_save:
+            raise ValueError("adapter.modules_to_save names modules trained beside an adapter, and adapter.method=full "
+                             "trains every module already: set adapter.modules_to_save=[]")

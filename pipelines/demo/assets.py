@@ -14,8 +14,11 @@ from adapters import tiny
 from pipelines.config import TINY_MODEL, RayloraConfig
 from pipelines.demo import sample_data
 
+TINY_MODEL_SEED = 0  # the seed of the tiny model's pretraining corpus and build, whatever the config's seed
+PRETRAINING_EVAL_SET = "pretraining.jsonl"  # beside the sample data: the forgetting study's eval set
 
-def tiny_model_path(seed: int = 0) -> Path:
+
+def tiny_model_path(seed: int = TINY_MODEL_SEED) -> Path:
     """The tiny base model, built (about a minute on 2 cores) the first time it is asked for."""
     return tiny.build_tiny_model(sample_data.skill_corpus(seed), seed=seed)
 
@@ -25,8 +28,11 @@ def sample_data_dir(cfg: RayloraConfig) -> Path:
 
 
 def build_demo_assets(cfg: RayloraConfig, n_clean: int = 2000, n_eval: int = 200) -> dict[str, Path]:
-    """Write the sample data under ``<workdir>/data`` and make sure the tiny model exists."""
+    """Write the sample data under ``<workdir>/data``, with an eval set of the tiny model's pretraining text
+    (``pretraining.jsonl``), and make sure the tiny model exists."""
     paths = sample_data.generate(sample_data_dir(cfg), seed=cfg.seed, n_clean=n_clean, n_eval=n_eval)
+    paths["pretraining"] = sample_data.write_pretraining_eval_set(sample_data_dir(cfg) / PRETRAINING_EVAL_SET,
+                                                                  seed=TINY_MODEL_SEED)
     paths["tiny_model"] = tiny_model_path()
     return paths
 

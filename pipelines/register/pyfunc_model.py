@@ -10,8 +10,8 @@ imports mlflow itself (its ``PythonModel`` base and ``set_model``), the one modu
 that does. It loads and answers through adapters/generation.py, as `raylora generate` does: that file is
 shipped with the model (``code_paths``, on ``sys.path`` when MLflow loads it), so it is imported by its own name.
 
-Artifacts: ``adapter`` (PEFT files and the tokenizer with the chat template it was trained with) and
-``lineage``. model_config: ``base_model`` (a path or hub id), ``base_revision``, ``dtype``,
+Artifacts: ``adapter`` (PEFT files and the tokenizer with the chat template it was trained with; under
+``adapter.method: full`` the whole fine-tuned model, which loads without the base) and ``lineage``. model_config: ``base_model`` (a path or hub id), ``base_revision``, ``dtype``,
 ``quantization`` (BitsAndBytesConfig arguments, or null), ``trust_remote_code``, ``max_new_tokens``.
 """
 

@@ -3,7 +3,9 @@
 A checkpoint directory holds the DeepSpeed tag ``state`` (trainable weights, optimizer, schedule; the frozen
 base excluded), one ``train_state.rank<N>.json`` per rank (where that rank is: ranks can be in different
 places of their shards) and ``adapter/`` in PEFT format, which the driver exports as the run's adapter. Ray
-Train gathers every rank's files into the one checkpoint directory.
+Train gathers every rank's files into the one checkpoint directory. Under full fine-tuning
+(``adapter.method: full``) nothing is frozen, so ``state`` holds every weight, and ``adapter/`` holds the
+whole model as ``save_pretrained`` writes it.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ def train_state_file(rank: int) -> str:
     return f"train_state.rank{rank}.json"
 
 
-def save_checkpoint(engine: Any, out_dir: Path, state: dict[str, Any], rank: int) -> None:
-    """Every rank calls it (ZeRO shards are per rank) and writes its own train state; rank 0 the adapter."""
-    from adapters.io import save_adapter
+def save_checkpoint(engine: Any, out_dir: Path, state: dict[str, Any], rank: int, full_model: bool) -> None:
+    """Every rank calls it (ZeRO shards are per rank) and writes its own train state; rank 0 the adapter, or the
+    whole model when ``full_model`` (full fine-tuning)."""
+    from adapters.io import save_adapter, save_full_model
 
     engine.save_checkpoint(str(out_dir), tag=CHECKPOINT_TAG, exclude_frozen_parameters=True)
-    save_adapter(engine.module, out_dir / ADAPTER_DIR, is_main_process=rank == 0)
+    save_trained = save_full_model if full_model else save_adapter
+    save_trained(engine.module, out_dir / ADAPTER_DIR, is_main_process=rank == 0)
     (out_dir / train_state_file(rank)).write_text(json.dumps(state, indent=2))
 
 
@@ -37,12 +41,13 @@ def load_checkpoint(engine: Any, ckpt_dir: Path, rank: int) -> dict[str, Any]:
     return json.loads((ckpt_dir / train_state_file(rank)).read_text())
 
 
-def report_checkpoint(engine: Any, metrics: dict[str, float], state: dict[str, Any], rank: int) -> None:
+def report_checkpoint(engine: Any, metrics: dict[str, float], state: dict[str, Any], rank: int,
+                      full_model: bool) -> None:
     """Save a checkpoint and report it with ``metrics`` to Ray Train, then wait until it is committed."""
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="raylora-ckpt-") as tmp:
-        save_checkpoint(engine, Path(tmp), state, rank)
+        save_checkpoint(engine, Path(tmp), state, rank, full_model)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     # Ray Train registers a report (and writes the run snapshot a rerun resumes from) when its controller
     # next polls; wait for that, so a run that dies right after a checkpoint still resumes from it

@@ -206,8 +206,9 @@ class Worker:
         if self.is_main:
             where = f"resumed at step {start_step}" if start_step else "from scratch"
             cfg, built = self.cfg, self.built
+            method = "full fine-tuning" if cfg.adapter.is_full else f"{cfg.adapter.method} r={cfg.adapter.r}"
             progress(f"{cfg.run_name}: {self.world_size} worker(s), ZeRO-{cfg.train.deepspeed.stage}, "
-                     f"{cfg.adapter.method} r={cfg.adapter.r}, {built.trainable_params:,} of {built.total_params:,} "
+                     f"{method}, {built.trainable_params:,} of {built.total_params:,} "
                      f"params trainable, {self.total_steps} steps, {where}")
 
 
@@ -304,7 +305,8 @@ def train_until_done(worker: Worker, state: TrainState) -> None:
                              + (f" exact_match {evaluated['eval_exact_match']:.3f}"
                                 if "eval_exact_match" in evaluated else ""))
             if checkpoint_now:
-                report_checkpoint(worker.built.engine, state.metrics, state.to_dict(), worker.rank)
+                report_checkpoint(worker.built.engine, state.metrics, state.to_dict(), worker.rank,
+                                  full_model=worker.cfg.adapter.is_full)
             elif evaluate_now:
                 import ray.train
 

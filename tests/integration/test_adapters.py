@@ -16,11 +16,21 @@ from transformers import AutoModelForCausalLM
 
 from adapters import memory
 from adapters.build import build_model, load_base, quantization_config
-from adapters.io import ADAPTER_FILES, EmptyAdapterError, adapter_state_dict, load_adapter, save_adapter
+from adapters.io import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    EmptyAdapterError,
+    adapter_state_dict,
+    is_full_model_dir,
+    load_adapter,
+    save_adapter,
+    save_full_model,
+)
 from adapters.merge import MERGE_REPORT, merge_adapter, probe_batch
 from pipelines.bench import memory as bench_memory
 from pipelines.config import AdapterConfig, ModelConfig, TrainConfig
 from pipelines.errors import ConfigError
+from pipelines.train.checkpoint import ADAPTER_DIR, load_checkpoint, save_checkpoint
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QV = ("q_proj", "v_proj")
@@ -271,11 +281,75 @@ def test_zero3_save_gathers_shards_and_refuses_ungathered(zero3, tiny_model_path
     torch.testing.assert_close(logits(reloaded, batch), sharded_logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
+def test_zero3_full_fine_tuning_saves_the_whole_gathered_model(zero3, tiny_model_path, tmp_path):
+    deepspeed = zero3
+    model_cfg = ModelConfig(base=str(tiny_model_path))
+    built = build_model(model_cfg, AdapterConfig(method="full"))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_path))
+    assert built.trainable_params == built.total_params == base.num_parameters()
+    assert all(p.requires_grad for p in built.model.parameters())
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "steps_per_print": 10**6,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},  # partition every weight
+    }
+    engine, *_ = deepspeed.initialize(model=built.model, config=ds_config, model_parameters=built.model.parameters())
+    assert all(p.numel() == 0 for p in engine.module.parameters())  # every weight is a ZeRO-3 shard now
+    input_ids = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
+    engine.backward(engine(input_ids=input_ids, labels=input_ids).loss)
+    engine.step()
+
+    model_dir = save_full_model(engine, tmp_path / "model", is_main_process=True, tokenizer=built.tokenizer)
+    assert is_full_model_dir(model_dir) and not (model_dir / ADAPTER_CONFIG).exists()
+    saved = load_file(model_dir / "model.safetensors")
+    expected = base.state_dict()
+    assert saved.keys() == expected.keys()
+    for key, tensor in saved.items():
+        assert tensor.shape == expected[key].shape, key
+        assert not torch.equal(tensor, expected[key]), f"{key} did not train"
+    assert json.loads((model_dir / "config.json").read_text())["use_cache"] is True
+
+    batch = probe_batch(built.tokenizer)
+    engine.module.eval()
+    with torch.no_grad():
+        sharded_logits = engine(**batch).logits
+    reloaded = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    torch.testing.assert_close(logits(reloaded, batch), sharded_logits, atol=1e-5, rtol=0)
+
+    # resume: a checkpoint restores every weight and the optimizer's state, so the next step repeats exactly
+    save_checkpoint(engine, tmp_path / "ckpt", {"step": 1}, rank=0, full_model=True)
+    assert is_full_model_dir(tmp_path / "ckpt" / ADAPTER_DIR)
+
+    def step_then_logits() -> torch.Tensor:
+        engine.module.train()
+        engine.backward(engine(input_ids=input_ids, labels=input_ids).loss)
+        engine.step()
+        engine.module.eval()
+        with torch.no_grad():
+            return engine(**batch).logits
+
+    second_step = step_then_logits()
+    assert not torch.allclose(second_step, sharded_logits)
+    assert load_checkpoint(engine, tmp_path / "ckpt", rank=0) == {"step": 1}
+    with torch.no_grad():
+        torch.testing.assert_close(engine(**batch).logits, sharded_logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(step_then_logits(), second_step, atol=1e-6, rtol=0)
+
+
+def test_empty_full_model_is_refused(tiny_model_path, tmp_path):
+    built = build_model(ModelConfig(base=str(tiny_model_path)), AdapterConfig(method="full"))
+    built.model.model.norm.weight.data = torch.empty(0)  # what an ungathered ZeRO-3 shard looks like
+    with pytest.raises(EmptyAdapterError, match=r"1 of \d+ model tensors are zero-sized \(e.g. model.norm.weight\).*save_full_model"):
+        save_full_model(built.model, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
 @pytest.mark.parametrize(
     ("adapter", "gradient_checkpointing"),
     [(dict(target_modules="qv"), False), (dict(target_modules="all-linear", dropout=0.0), False),
-     (dict(method="dora"), False), (dict(method="qlora"), False), (dict(), True)],
-    ids=["lora-qv", "lora-all", "dora-all", "qlora-all", "lora-all-checkpointed"],
+     (dict(method="dora"), False), (dict(method="qlora"), False), (dict(), True), (dict(method="full"), False)],
+    ids=["lora-qv", "lora-all", "dora-all", "qlora-all", "lora-all-checkpointed", "full"],
 )
 def test_planned_activations_match_autograds_saved_tensors(tiny_model_path, adapter, gradient_checkpointing):
     """Exact measurement: the bytes autograd saves in one forward, against the planner's op-by-op count (±15%)."""

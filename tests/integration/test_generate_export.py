@@ -23,7 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters.build import build_model, load_base
 from adapters.export import EXPORT_FILE
-from adapters.io import load_adapter, save_adapter
+from adapters.generation import generate_answers, load_adapter_model
+from adapters.io import load_adapter, save_adapter, save_full_model
 from adapters.merge import probe_batch
 from pipelines.artifacts import TrainResult, read_curated_manifest
 from pipelines.cli import EXIT_OK, EXIT_USAGE, main
@@ -214,6 +215,40 @@ def test_a_4bit_and_a_dora_adapter_merge(trained, tmp_path, method, capsys):
     unmerged = logits(load_adapter(load_base(model_cfg, adapter_cfg), adapter), batch)
     merged = logits(AutoModelForCausalLM.from_pretrained(out), batch)
     torch.testing.assert_close(merged, unmerged, atol=1e-3 if method == "qlora" else 1e-4, rtol=0)
+
+
+def test_a_full_fine_tuned_model_generates_exports_merged_and_refuses_an_adapter_export(trained, tmp_path, capsys):
+    """adapter.method=full saves a whole model (one real step here, so it differs from the base): it loads as a
+    plain transformers model, `generate` answers with it, `export --merged` copies it, `export --adapter` is one
+    line and exit 2."""
+    built = build_model(ModelConfig(base=str(trained.base)), AdapterConfig(method="full"))
+    input_ids = torch.randint(0, 500, (4, 32), generator=torch.Generator().manual_seed(0))
+    built.model.train()
+    built.model(input_ids=input_ids, labels=input_ids).loss.backward()
+    torch.optim.AdamW(built.model.parameters(), lr=1e-2).step()
+    full_dir = save_full_model(built.model, tmp_path / "full", tokenizer=built.tokenizer)
+    model, tokenizer = load_adapter_model(str(trained.base), full_dir)
+    assert not isinstance(model, PeftModel)
+    batch = probe_batch(built.tokenizer)
+    expected = logits(model, batch)
+    torch.testing.assert_close(expected, logits(built.model, batch), atol=1e-5, rtol=0)
+
+    capsys.readouterr()
+    from_full = ["--from", str(full_dir), "adapter.method=full"]
+    assert main(["generate", str(trained.config), *from_full, "--prompt", PROMPTS[0]]) == EXIT_OK
+    assert printed_answers(capsys.readouterr().out) == generate_answers(model, tokenizer, PROMPTS[:1],
+                                                                       max_new_tokens=MAX_NEW_TOKENS)
+
+    assert main(["export", str(trained.config), *from_full, "--adapter", str(tmp_path / "adapter")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no adapter to export; use --merged" in err, err
+    assert not (tmp_path / "adapter").exists()
+
+    out = tmp_path / "merged"
+    assert main(["export", str(trained.config), *from_full, "--merged", str(out)]) == EXIT_OK
+    assert f"AutoModelForCausalLM.from_pretrained({str(out)!r})" in capsys.readouterr().out
+    assert json.loads((out / EXPORT_FILE).read_text())["kind"] == "merged"
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(out), batch), expected, atol=0, rtol=0)
 
 
 def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_export_and_force_says_so(trained, tmp_path,

@@ -105,6 +105,10 @@ def _demo_raw():
         (["train.deepspeed.offload_params=true"], "train.deepspeed.stage=3"),
         (["train.deepspeed.stage=0", "train.deepspeed.offload_optimizer=true"], "train.deepspeed.stage=1, 2 or 3"),
         (["adapter.target_modules=[]"], "target_modules is empty"),
+        (["adapter.method=full", "adapter.quantize_base=true"], "set adapter.quantize_base=false"),
+        (["adapter.method=full", "adapter.init=pissa"], "adapter.init=pissa initialises LoRA weights"),
+        (["adapter.method=full", "adapter.init=loftq"], "set adapter.init=gaussian (or use adapter.method=lora)"),
+        (["adapter.method=full", "adapter.modules_to_save=[lm_head]"], "set adapter.modules_to_save=[]"),
         (["run_name=has space"], "run_name"),
         (["data.sources=[]"], "data.sources"),
     ],
@@ -119,6 +123,13 @@ def test_qlora_zero3_with_matching_storage_is_valid():
     cfg = validate_config(apply_overrides(_demo_raw(), [
         "adapter.method=qlora", "train.deepspeed.stage=3", "adapter.quant.quant_storage=float32"]))
     assert cfg.adapter.is_quantized
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_full_fine_tuning_is_valid_under_zero_2_and_3(stage):
+    cfg = validate_config(apply_overrides(_demo_raw(), ["adapter.method=full", f"train.deepspeed.stage={stage}"]))
+    assert cfg.adapter.is_full
+    assert not cfg.adapter.is_quantized
 
 
 def test_missing_data_section_names_it():

@@ -56,6 +56,29 @@ def test_modules_to_save_counts_the_full_copy(llama_2_7b):
     assert shape.trainable_params == 4_194_304 + 32000 * 4096
 
 
+def test_full_fine_tuning_trains_every_parameter(llama_2_7b):
+    shape = memory.model_shape(llama_2_7b, AdapterConfig(method="full"))
+    assert shape.trainable_params == shape.total_params == LLAMA_2_7B_PARAMS
+    assert shape.base_params == 0 and shape.adapted == ()
+
+
+def test_full_fine_tuning_plans_state_for_every_weight_and_lora_for_its_adapter(llama_2_7b):
+    """fp32 AdamW: 4 + 4 + 8 bytes per trainable parameter; full trains all 6.7B, LoRA (qv, r=8) 4.2M."""
+    train = TrainConfig(precision="fp32", optimizer="adamw")
+    full = memory.plan(ModelConfig(dtype="float32"), AdapterConfig(method="full"), train, llama_2_7b)
+    lora = memory.plan(ModelConfig(dtype="float32"), AdapterConfig(r=8, target_modules="qv"), train, llama_2_7b)
+    for planned, trainable in ((full, LLAMA_2_7B_PARAMS), (lora, 4_194_304)):
+        assert planned["trainable_params"] == trainable
+        assert planned["bytes"]["adapter_weights"] == 4 * trainable
+        assert planned["bytes"]["gradients"] == 4 * trainable
+        assert planned["bytes"]["optimizer_states"] == 8 * trainable
+    assert full["bytes"]["base_weights"] == 0  # nothing frozen: every weight is trainable state
+    assert lora["bytes"]["base_weights"] == 4 * LLAMA_2_7B_PARAMS
+    zero3_full = next(row for row in full["per_gpu"] if row["zero_stage"] == 3 and not row["offload_optimizer"])
+    assert zero3_full["stage3_gathered_layers"] == 2 * 4 * 202_383_360  # two decoder layers of fp32 weights
+    assert full["per_gpu"][0]["gpu_total"] > lora["per_gpu"][0]["gpu_total"] + 12 * LLAMA_2_7B_PARAMS
+
+
 def test_zero_paper_figure_1_numbers():
     """ZeRO paper, figure 1: 7.5B parameters, 64 GPUs, mixed-precision Adam (K=12)."""
     per_param = memory.trainable_bytes_per_param("bf16", "adamw", 0.9)

@@ -151,3 +151,12 @@ def test_skill_corpus_covers_every_fact():
     for country, city in sample_data.world(0).items():
         assert f"The capital of {country} is {city}." in text
     assert sample_data.skill_corpus(0, n_lines=5000) == corpus
+
+
+def test_the_pretraining_eval_set_is_the_tiny_models_corpus_as_answers(tmp_path):
+    path = sample_data.write_pretraining_eval_set(tmp_path / "pretraining.jsonl", seed=0, n=50)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["messages"][1]["content"] for row in rows] == sample_data.skill_corpus(0)[:50]
+    assert all([m["role"] for m in row["messages"]] == ["user", "assistant"] for row in rows)
+    assert {row["messages"][0]["content"] for row in rows} == {sample_data.PRETRAINING_PROMPT}
+    assert len({row["id"] for row in rows}) == 50

@@ -18,13 +18,23 @@ from pipelines.study.schema import MIN_SEEDS, Claim, study_path
 from pipelines.study.verdict import CONTRADICTED, INCONCLUSIVE, REPRODUCED, judge, overall, seed_difference
 
 STUDIES = {"qlora-vs-lora", "optimizer-by-rank", "schedule", "epochs", "targets", "alpha-rule", "rank",
-               "dora-vs-lora", "data-quality"}
+           "dora-vs-lora", "data-quality", "forgetting"}
 TINY_HIDDEN_SIZE = 128
 
 
-def test_the_studies_are_nine_of_the_ten_findings_issue_17_names():
-    # forgetting (LoRA vs full fine-tuning) waits for adapter.method=full: see the README's Studies section
+def test_the_studies_are_the_ten_findings_issue_17_names():
     assert set(study_names()) == STUDIES
+
+
+def test_forgetting_measures_full_against_lora_on_the_pretraining_text(demo_config_dict):
+    study = load_study("forgetting")
+    (search,) = [search for _, search in search_configs(study, validate_config(demo_config_dict),
+                                                        study.scaled_grid(TINY_HIDDEN_SIZE), study.seeds,
+                                                        reduced=False).values()]
+    assert search.data.eval_sets == [".raylora/data/eval.jsonl", ".raylora/data/pretraining.jsonl"]
+    assert search.tune.search_space["adapter.method"] == {"grid": ["lora", "full"]}
+    assert [(c.metric, c.expect) for c in study.claims] == [("eval_loss", "lower"), ("eval/pretraining/loss", "higher")]
+    assert all((c.a, c.b) == ({"adapter.method": "full"}, {"adapter.method": "lora"}) for c in study.claims)
 
 
 @pytest.mark.parametrize("name", sorted(STUDIES))
