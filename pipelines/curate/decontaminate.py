@@ -45,7 +45,8 @@ def eval_item_words(messages: Sequence[dict[str, str]]) -> list[str]:
 
 
 def build_eval_index(eval_paths: Sequence[str], n: int) -> EvalIndex:
-    """Index OpenAI-shape eval JSONL files (``{"messages": [...]}`` per line). Small: built on the driver."""
+    """Index eval JSONL files (``{"messages": [...]}`` or plain ``{"text": ...}`` per line). Small: built on the
+    driver."""
     import fsspec
 
     index = EvalIndex(n)
@@ -55,7 +56,11 @@ def build_eval_index(eval_paths: Sequence[str], n: int) -> EvalIndex:
                 if not raw.strip():
                     continue
                 try:
-                    index.add(eval_item_words(to_messages(parse_line(raw))))
+                    record = parse_line(raw)
+                    if isinstance(record, dict) and isinstance(record.get("text"), str):
+                        index.add(words(record["text"]))
+                        continue
+                    index.add(eval_item_words(to_messages(record)))
                 except MalformedRecord as err:
                     raise ValueError(f"eval set {path} line {number}: {err}") from err
     return index

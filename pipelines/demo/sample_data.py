@@ -12,8 +12,8 @@ Files written (every row carries an ``id``; the labels file scores curation):
     sharegpt.jsonl {"id", "conversations": [{"from", "value"}]}
     openai.jsonl   {"id", "messages": [{"role", "content"}]}
     eval.jsonl     held-out items in the OpenAI shape, never in the clean training rows
-    pretraining.jsonl  (written by ``write_pretraining_eval_set``, for demo-assets) lines of the tiny base's
-                   pretraining corpus as answers: an eval set of what the base already knew
+    pretraining.jsonl  (written by ``write_pretraining_eval_set``, for demo-assets) {"id", "text"}: lines of
+                   the tiny base's pretraining corpus as plain text, an eval set of what the base already knew
     labels.jsonl   {"id", "kind", "file", "line", "group"}: kind is "clean" or a defect kind, which is
                    the drop reason (pipelines/curate/reasons.py) curation should give the row
 
@@ -119,18 +119,15 @@ def skill_corpus(seed: int = 0, n_lines: int = 20000) -> list[str]:
     return lines
 
 
-PRETRAINING_PROMPT = "Write one line of text."  # the user turn before each pretraining line: the loss is on answers
-
-
 def write_pretraining_eval_set(path: str | Path, seed: int = 0, n: int = 200) -> Path:
     """The first ``n`` lines of ``skill_corpus(seed)``, the text the tiny base was pretrained on, as a
-    ``data.eval_sets`` file: each line the assistant turn (answer-only loss counts its tokens) of a fixed prompt.
-    Its loss is what fine-tuning forgets of pretraining (the forgetting study's eval/pretraining/loss)."""
+    ``data.eval_sets`` file of plain-text rows: evaluated as pretraining saw them (no chat template, every token
+    counted), not as answers in a template that fine-tuning itself teaches. Its loss is what fine-tuning forgets
+    of pretraining (the forgetting study's eval/pretraining/loss)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(
-        json.dumps({"id": f"pretraining-{k:05d}",
-                    "messages": _messages([("user", PRETRAINING_PROMPT), ("assistant", line)])}, sort_keys=True) + "\n"
+        json.dumps({"id": f"pretraining-{k:05d}", "text": line}, sort_keys=True) + "\n"
         for k, line in enumerate(skill_corpus(seed)[:n])))
     return path
 

@@ -169,6 +169,22 @@ def tokenize_chat(messages: list[dict], tokenizer: PreTrainedTokenizerBase, resp
     return Example(input_ids=list(ids), labels=labels)
 
 
+def tokenize_text(text: str, tokenizer: PreTrainedTokenizerBase) -> Example:
+    """Plain text as a base model was pretrained on it: no chat template, the tokenizer's own special tokens
+    (BOS), every token but the first carrying a label. What an eval set of ``{"text": ...}`` rows measures."""
+    ids = tokenizer(text)["input_ids"]
+    if tokenizer.bos_token_id is not None and ids[:1] != [tokenizer.bos_token_id]:
+        ids = [tokenizer.bos_token_id, *ids]  # a tokenizer whose post-processor adds none: documents start with it
+    return Example(input_ids=list(ids), labels=[IGNORE_INDEX, *ids[1:]])
+
+
+def eval_example(row: dict, tokenizer: PreTrainedTokenizerBase, responses_only: bool = True) -> Example:
+    """An eval row tokenised: a conversation through the chat template, or plain text (``{"text": ...}``)."""
+    if "text" in row:
+        return tokenize_text(row["text"], tokenizer)
+    return tokenize_chat(row["messages"], tokenizer, responses_only)
+
+
 def _finish(block: Block, seq_len: int, pad_id: int, stats: PackingStats) -> Block:
     """Pad a block to ``seq_len``; pad positions form their own segment, so nothing attends to them."""
     n_pad = seq_len - len(block.input_ids)

@@ -57,7 +57,8 @@ def run_dir(cfg: RayloraConfig, fingerprint: Fingerprint) -> Path:
 
 
 def read_eval_sets(paths: list[str]) -> dict[str, list[dict]]:
-    """``data.eval_sets`` (JSONL, one ``{"messages": [...]}`` per line) by name: the file stem, made unique."""
+    """``data.eval_sets`` (JSONL, one ``{"messages": [...]}`` or plain ``{"text": "..."}`` per line) by name: the
+    file stem, made unique."""
     sets: dict[str, list[dict]] = {}
     for path in paths:
         name = Path(path).stem
@@ -67,10 +68,14 @@ def read_eval_sets(paths: list[str]) -> dict[str, list[dict]]:
             record = json.loads(line) if line.strip() else None
             if record is None:
                 continue
-            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                raise ConfigError(f"data.eval_sets: {path} line {number} has no 'messages' list: write the eval "
-                                  'set as JSONL of {"messages": [{"role", "content"}, ...]}')
-            rows.append({"id": str(record.get("id", f"{name}:{number}")), "messages": record["messages"]})
+            row_id = str(record.get("id", f"{name}:{number}")) if isinstance(record, dict) else ""
+            if isinstance(record, dict) and isinstance(record.get("text"), str):
+                rows.append({"id": row_id, "text": record["text"]})
+            elif isinstance(record, dict) and isinstance(record.get("messages"), list):
+                rows.append({"id": row_id, "messages": record["messages"]})
+            else:
+                raise ConfigError(f"data.eval_sets: {path} line {number} has no 'messages' list and no 'text': write "
+                                  'the eval set as JSONL of {"messages": [{"role", "content"}, ...]} or {"text": "..."}')
         sets[name] = rows
     return sets
 

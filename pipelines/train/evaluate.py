@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pipelines.train.data import IGNORE_INDEX, end_of_turn_id, pack_examples, render, tokenize_chat
+from pipelines.train.data import IGNORE_INDEX, end_of_turn_id, eval_example, pack_examples, render
 
 
 def dist_sum(values: list[float]) -> list[float]:
@@ -42,7 +42,8 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, rows: list[dict], *, seq_le
              max_new_tokens: int, generate_limit: int | None, responses_only: bool = True, rank: int = 0,
              world_size: int = 1, synced: bool = False) -> dict[str, float]:
     """Eval loss and perplexity over ``rows``, and greedy exact-match accuracy over the first
-    ``generate_limit`` rows (the generated answer against the last assistant message). Every rank takes a
+    ``generate_limit`` conversations (the generated answer against the last assistant message); a plain-text
+    row (``{"text": ...}``) counts every token in the loss and is never generated from. Every rank takes a
     share; the sums are all-reduced. ``synced`` keeps ranks in step while generating (ZeRO-3). A metric
     with nothing to average (no answer token, no scored row) is left out, never reported as 0."""
     was_training = model.training
@@ -52,7 +53,7 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, rows: list[dict], *, seq_le
     loss_sum, token_count = 0.0, 0.0
     with torch.no_grad():
         for chunk, weight in rank_chunks(rows, rank, world_size, batch_size):
-            examples = [tokenize_chat(r["messages"], tokenizer, responses_only) for r in chunk]
+            examples = [eval_example(r, tokenizer, responses_only) for r in chunk]
             longest = min(seq_len, max(len(e.input_ids) for e in examples))
             blocks = list(pack_examples(examples, longest, pad_id, packing=False, drop_no_answer=False))
             labels = torch.tensor([b.labels for b in blocks], device=device)
@@ -64,7 +65,8 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, rows: list[dict], *, seq_le
                                                        ignore_index=IGNORE_INDEX, reduction="sum")
             loss_sum += weight * losses.item()
             token_count += weight * (shifted != IGNORE_INDEX).sum().item()
-        scored_rows = rows if generate_limit is None else rows[:generate_limit]
+        conversations = [r for r in rows if "messages" in r]  # plain text has no answer to match
+        scored_rows = conversations if generate_limit is None else conversations[:generate_limit]
         correct, scored = (exact_match(model, tokenizer, scored_rows, batch_size, max_new_tokens, rank,
                                         world_size, synced) if scored_rows else (0.0, 0.0))
     loss_sum, token_count, correct, scored = dist_sum([loss_sum, token_count, correct, scored])

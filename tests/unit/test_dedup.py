@@ -196,3 +196,11 @@ def test_the_same_rows_in_any_order_keep_the_same_rows(spec):
 def test_no_rows_no_duplicates():
     found = find_duplicates(np.zeros((0, 0), np.int64), DedupSpec(threshold=0.7), lambda positions: {})
     assert len(found.rows) == 0
+
+
+def test_a_plain_text_eval_row_is_indexed_by_its_words(tmp_path):
+    path = tmp_path / "pretraining.jsonl"
+    path.write_text(json.dumps({"text": "the river that runs through the valley of Kalo is long and cold"}) + "\n")
+    index = build_eval_index([str(path)], 8)
+    assert is_contaminated(chat("Tell me: the river that runs through the valley of Kalo?", "Yes"), index)
+    assert not is_contaminated(chat("What is the river of Kalo?", "Ven"), index)

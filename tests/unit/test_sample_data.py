@@ -153,10 +153,9 @@ def test_skill_corpus_covers_every_fact():
     assert sample_data.skill_corpus(0, n_lines=5000) == corpus
 
 
-def test_the_pretraining_eval_set_is_the_tiny_models_corpus_as_answers(tmp_path):
+def test_the_pretraining_eval_set_is_the_tiny_models_corpus_as_plain_text(tmp_path):
     path = sample_data.write_pretraining_eval_set(tmp_path / "pretraining.jsonl", seed=0, n=50)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [row["messages"][1]["content"] for row in rows] == sample_data.skill_corpus(0)[:50]
-    assert all([m["role"] for m in row["messages"]] == ["user", "assistant"] for row in rows)
-    assert {row["messages"][0]["content"] for row in rows} == {sample_data.PRETRAINING_PROMPT}
+    assert [row["text"] for row in rows] == sample_data.skill_corpus(0)[:50]
+    assert all(set(row) == {"id", "text"} for row in rows)
     assert len({row["id"] for row in rows}) == 50
