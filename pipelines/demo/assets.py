@@ -16,6 +16,7 @@ from pipelines.demo import sample_data
 
 TINY_MODEL_SEED = 0  # the seed of the tiny model's pretraining corpus and build, whatever the config's seed
 PRETRAINING_EVAL_SET = "pretraining.jsonl"  # beside the sample data: the forgetting study's eval set
+NARROW_TASK_SET = "narrow.jsonl"  # beside the sample data: the rank study's one-task arm
 
 
 def tiny_model_path(seed: int = TINY_MODEL_SEED) -> Path:
@@ -29,10 +30,11 @@ def sample_data_dir(cfg: RayloraConfig) -> Path:
 
 def build_demo_assets(cfg: RayloraConfig, n_clean: int = 2000, n_eval: int = 200) -> dict[str, Path]:
     """Write the sample data under ``<workdir>/data``, with an eval set of the tiny model's pretraining text
-    (``pretraining.jsonl``), and make sure the tiny model exists."""
+    (``pretraining.jsonl``) and a one-task training set (``narrow.jsonl``), and make sure the tiny model exists."""
     paths = sample_data.generate(sample_data_dir(cfg), seed=cfg.seed, n_clean=n_clean, n_eval=n_eval)
     paths["pretraining"] = sample_data.write_pretraining_eval_set(sample_data_dir(cfg) / PRETRAINING_EVAL_SET,
                                                                   seed=TINY_MODEL_SEED)
+    paths["narrow"] = sample_data.write_narrow_task_set(sample_data_dir(cfg) / NARROW_TASK_SET, seed=cfg.seed)
     paths["tiny_model"] = tiny_model_path()
     return paths
 

@@ -12,6 +12,7 @@ Files written (every row carries an ``id``; the labels file scores curation):
     sharegpt.jsonl {"id", "conversations": [{"from", "value"}]}
     openai.jsonl   {"id", "messages": [{"role", "content"}]}
     eval.jsonl     held-out items in the OpenAI shape, never in the clean training rows
+    narrow.jsonl   (written by ``write_narrow_task_set``, for demo-assets) one task's clean rows, OpenAI shape
     pretraining.jsonl  (written by ``write_pretraining_eval_set``, for demo-assets) {"id", "text"}: lines of
                    the tiny base's pretraining corpus as plain text, an eval set of what the base already knew
     labels.jsonl   {"id", "kind", "file", "line", "group"}: kind is "clean" or a defect kind, which is
@@ -129,6 +130,28 @@ def write_pretraining_eval_set(path: str | Path, seed: int = 0, n: int = 200) ->
     path.write_text("".join(
         json.dumps({"id": f"pretraining-{k:05d}", "text": line}, sort_keys=True) + "\n"
         for k, line in enumerate(skill_corpus(seed)[:n])))
+    return path
+
+
+NARROW_TASK = "reverse"  # the one skill of the narrow set: the task kind with the most distinct items
+
+
+def write_narrow_task_set(path: str | Path, seed: int = 0, n: int = 1000) -> Path:
+    """``n`` clean rows of one task (``NARROW_TASK``), in the OpenAI shape, none sharing an item with the eval
+    set: the narrow arm of the rank study, beside the sample data's five-task mix."""
+    rng = random.Random(f"narrow-{seed}")
+    capitals = world(seed)
+    used = {t.key for t in eval_items(seed)}
+    rows = []
+    while len(rows) < n:
+        task = _task(rng, capitals)
+        if task.kind != NARROW_TASK or task.key in used:
+            continue
+        used.add(task.key)
+        rows.append(as_format("openai", f"nar-{len(rows):06d}", [("user", task.question), ("assistant", task.answer)]))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
     return path
 
 

@@ -159,3 +159,15 @@ def test_the_pretraining_eval_set_is_the_tiny_models_corpus_as_plain_text(tmp_pa
     assert [row["text"] for row in rows] == sample_data.skill_corpus(0)[:50]
     assert all(set(row) == {"id", "text"} for row in rows)
     assert len({row["id"] for row in rows}) == 50
+
+
+def test_the_narrow_set_is_one_task_with_distinct_items_none_in_the_eval_set(tmp_path):
+    path = sample_data.write_narrow_task_set(tmp_path / "narrow.jsonl", seed=0, n=300)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    questions = [row["messages"][0]["content"] for row in rows]
+    assert len(rows) == 300 and len(set(questions)) == 300 and len({row["id"] for row in rows}) == 300
+    assert all(q.startswith("Reverse ") for q in questions)
+    for row in rows:
+        letters = row["messages"][0]["content"].removeprefix("Reverse ").rstrip(".").split()
+        assert row["messages"][1]["content"] == " ".join(reversed(letters))
+    assert not set(questions) & {task.question for task in sample_data.eval_items(0)}

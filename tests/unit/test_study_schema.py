@@ -62,6 +62,22 @@ def test_ranks_are_capped_at_half_the_hidden_size_then_deduplicated():
     assert load_study("optimizer-by-rank").scaled_grid(TINY_HIDDEN_SIZE)["adapter.r"] == [8, 64]
 
 
+def test_rank_compares_the_rank_gain_of_the_diverse_mix_with_the_narrow_tasks(demo_config_dict):
+    from pipelines.config import validate_config
+    from pipelines.study.runner import judge_claim
+
+    study = load_study("rank")
+    configs = search_configs(study, validate_config(demo_config_dict), {"adapter.r": [4, 64]}, [0, 1, 2], False)
+    assert configs["diverse"][0].data.sources == validate_config(demo_config_dict).data.sources
+    assert [s.path for s in configs["narrow"][0].data.sources] == [".raylora/data/narrow.jsonl"]
+    loss = {("diverse", 4): 3.0, ("diverse", 64): 2.0, ("narrow", 4): 1.5, ("narrow", 64): 1.4}
+    rows = [{"data": d, "adapter.r": r, "seed": seed, "metrics": {"eval_loss": v + 0.01 * seed}, "error": None}
+            for (d, r), v in loss.items() for seed in (0, 1, 2)]
+    judged = judge_claim(study.claims[1], rows, {"data": ["diverse", "narrow"], "adapter.r": [4, 64]}, [0, 1, 2])
+    # (2.0 + 1.5) - (3.0 + 1.4): the diverse mix gains 1.0 from r, the narrow task 0.1
+    assert judged["mean"] == pytest.approx(-0.9)
+
+
 def write_study(tmp_path, **changes) -> str:
     raw = yaml.safe_load(study_path("targets").read_text())
     raw.update(changes)
