@@ -25,6 +25,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from adapters.generation import keep_4bit_layout
 from adapters.templates import resolve_chat_template
 from adapters.tokenizer import load_tokenizer
 from pipelines.config import TINY_MODEL, AdapterConfig, ModelConfig
@@ -94,25 +95,6 @@ def load_base(model_cfg: ModelConfig, adapter_cfg: AdapterConfig) -> AutoModelFo
     if adapter_cfg.is_quantized:
         keep_4bit_layout(model)
     return model
-
-
-def keep_4bit_layout(model: torch.nn.Module) -> None:
-    """Keep bitsandbytes' standard 4-bit layout on CPU.
-
-    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight into a CPU-only layout (and a bf16
-    quant state) at its first no-grad forward in eval mode. Everything that dequantises the weight
-    afterwards (PEFT's DoRA weight norm, merging, LoftQ) then reads garbage, and the eval logits differ
-    from the training ones. Turning the repacking off keeps one layout everywhere, as on GPU; a weight
-    already repacked is unpacked by bitsandbytes itself: ``Linear4bit`` unpacks it in place whenever it saves
-    its state (the same inverse its ``Params4bit.cuda`` uses), so asking for the state dict is enough.
-    """
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-            if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
-                module.state_dict()
 
 
 def check_targets(model: torch.nn.Module, adapter_cfg: AdapterConfig) -> None:

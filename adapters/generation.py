@@ -46,9 +46,30 @@ def load_adapter_model(base_model: str, adapter_dir: str | Path, *, revision: st
     base = AutoModelForCausalLM.from_pretrained(
         base_model, revision=revision, dtype=dtype, quantization_config=quantization,
         trust_remote_code=trust_remote_code, device_map=device_map)
+    if quantization is not None:
+        keep_4bit_layout(base)  # the 4-bit layout the adapter was trained on, on CPUs with AVX512-BF16 too
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # the template added tokens
         base.resize_token_embeddings(len(tokenizer))
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), tokenizer
+
+
+def keep_4bit_layout(model: torch.nn.Module) -> None:
+    """Keep bitsandbytes' standard 4-bit layout on CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight into a CPU-only layout (and a bf16
+    quant state) at its first no-grad forward in eval mode. Everything that dequantises the weight
+    afterwards (PEFT's DoRA weight norm, merging, LoftQ) then reads garbage, and the eval logits differ
+    from the training ones. Turning the repacking off keeps one layout everywhere, as on GPU; a weight
+    already repacked is unpacked by bitsandbytes itself: ``Linear4bit`` unpacks it in place whenever it saves
+    its state (the same inverse its ``Params4bit.cuda`` uses), so asking for the state dict is enough.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+                module.state_dict()
 
 
 def is_full_model_dir(path: str | Path) -> bool:

@@ -183,11 +183,12 @@ def load_adapter(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool
     """The base with the saved adapter on top, exactly as ``peft.PeftModel.from_pretrained`` loads it.
 
     A 4-bit base loaded elsewhere is switched to bitsandbytes' standard layout first (see
-    ``adapters.build.keep_4bit_layout``), so its logits match the ones the adapter was trained with. When the
+    ``adapters.generation.keep_4bit_layout``), so its logits match the ones the adapter was trained with. When the
     adapter carries its tokenizer and that has tokens past the base's embeddings (a chat template added
     them), the embeddings grow first; the adapter's trained rows then fill them.
     """
-    from adapters.build import fit_embeddings, keep_4bit_layout
+    from adapters.build import fit_embeddings
+    from adapters.generation import keep_4bit_layout
 
     path = check_adapter_dir(adapter_dir)
     keep_4bit_layout(base)

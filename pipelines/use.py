@@ -136,7 +136,7 @@ def read_prompts(path: str | Path) -> list[str]:
 def generate(cfg: RayloraConfig, choice: AdapterChoice, prompts: list[str], *, max_new_tokens: int,
              temperature: float = 0.0) -> tuple[AdapterSource, list[str]]:
     """The chosen adapter's answer to each prompt (greedy unless ``temperature`` > 0), and where it came from."""
-    from adapters.build import DTYPES, keep_4bit_layout, quantization_config
+    from adapters.build import DTYPES, quantization_config
     from adapters.generation import generate_answers, load_adapter_model
 
     with adapter_source(cfg, choice) as source:
@@ -144,8 +144,6 @@ def generate(cfg: RayloraConfig, choice: AdapterChoice, prompts: list[str], *, m
         model, tokenizer = load_adapter_model(
             model_cfg.base, source.adapter_dir, revision=model_cfg.revision, dtype=DTYPES[model_cfg.dtype],
             quantization=quantization_config(adapter_cfg), trust_remote_code=model_cfg.trust_remote_code)
-        if adapter_cfg.is_quantized:
-            keep_4bit_layout(model)  # the 4-bit layout the adapter was trained on, on CPUs with AVX512-BF16 too
         answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature)
     return source, answers
 

@@ -21,7 +21,7 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adapters.build import build_model, load_base
+from adapters.build import build_model, load_base, quantization_config
 from adapters.export import EXPORT_FILE
 from adapters.generation import generate_answers, load_adapter_model
 from adapters.io import load_adapter, save_adapter, save_full_model
@@ -273,3 +273,22 @@ def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_export_an
     assert main([*export, str(earlier), "--force"]) == EXIT_OK
     assert (earlier / "adapter_model.safetensors").read_bytes() == (trained.adapter / "adapter_model.safetensors").read_bytes()
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_a_qdora_adapter_loads_for_answers_with_the_logits_it_was_trained_with(trained, tmp_path):
+    """``load_adapter_model`` (what `raylora generate` and the registered pyfunc use) keeps bitsandbytes' standard
+    4-bit layout: on a CPU with AVX512-BF16 the first eval forward would otherwise repack the weights, and DoRA's
+    weight norm would read the repacked bytes from the second forward on."""
+    adapter_cfg = AdapterConfig(method="dora", quantize_base=True, target_modules="all-linear")
+    model_cfg = ModelConfig(base=str(trained.base))
+    built = build_model(model_cfg, adapter_cfg)
+    input_ids = torch.randint(0, 500, (4, 32), generator=torch.Generator().manual_seed(0))
+    built.model(input_ids=input_ids, labels=input_ids).loss.backward()
+    torch.optim.AdamW([p for p in built.model.parameters() if p.requires_grad], lr=1e-2).step()
+    adapter = save_adapter(built.model, tmp_path / "adapter", tokenizer=built.tokenizer)
+
+    batch = probe_batch(built.tokenizer)
+    expected = logits(load_adapter(load_base(model_cfg, adapter_cfg), adapter), batch)
+    model, _ = load_adapter_model(str(trained.base), adapter, quantization=quantization_config(adapter_cfg))
+    for _ in range(2):  # the repacking happens during the first forward
+        torch.testing.assert_close(logits(model, batch), expected, atol=1e-4, rtol=0)
