@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict
@@ -83,12 +84,14 @@ def check_not_empty(state: dict[str, torch.Tensor], kind: str = "adapter", saver
         )
 
 
-def unwrap(model: torch.nn.Module) -> PeftModel:
-    """The PeftModel inside a DeepSpeed engine or DistributedDataParallel wrapper (or the model itself)."""
-    while not isinstance(model, PeftModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
+def unwrap(model: torch.nn.Module, wanted: type = PeftModel,
+           what: str = "a PEFT model (adapters.build.build_model(...).model)") -> Any:
+    """The ``wanted`` model (a PeftModel; a transformers model under full fine-tuning) inside a DeepSpeed engine or
+    DistributedDataParallel wrapper (or the model itself)."""
+    while not isinstance(model, wanted) and isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
-    if not isinstance(model, PeftModel):
-        raise TypeError(f"expected a PEFT model (adapters.build.build_model(...).model), got {type(model).__name__}")
+    if not isinstance(model, wanted):
+        raise TypeError(f"expected {what}, got {type(model).__name__}")
     return model
 
 
@@ -114,12 +117,7 @@ def save_adapter(model: PeftModel, out_dir: str | Path, is_main_process: bool = 
 
 
 def unwrap_full_model(model: torch.nn.Module) -> PreTrainedModel:
-    """The transformers model inside a DeepSpeed engine or DDP wrapper (or the model itself)."""
-    while not isinstance(model, PreTrainedModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
-    if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"expected a transformers model, got {type(model).__name__}")
-    return model
+    return unwrap(model, PreTrainedModel, "a transformers model")
 
 
 def full_model_state_dict(model: PreTrainedModel, is_main_process: bool = True) -> dict[str, torch.Tensor]:
