@@ -9,7 +9,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.artifacts import MANIFEST_FILE
 from pipelines.config import CurateConfig, RayloraConfig
 from pipelines.curate.decontaminate import ContaminationFilter, EvalIndex, build_eval_index
 from pipelines.curate.dedup import (
@@ -25,7 +24,6 @@ from pipelines.curate.filters import (
     length_model,
     token_limit,
 )
-from pipelines.curate.formats import ROW_SCHEMA
 from pipelines.curate.reasons import KEPT
 from pipelines.curate.split import (
     CHAT,
@@ -37,16 +35,6 @@ from pipelines.curate.split import (
     split_keys,
 )
 from pipelines.errors import StageError
-
-DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("user_id", pa.string()), ("source", pa.string()),
-                            ("reason", pa.string()), ("detail", pa.string())])
-KEPT_SCHEMA = pa.schema([*ROW_SCHEMA, pa.field(SPLIT_KEY, pa.int64()), pa.field(ROW_DIGEST, DIGEST_TYPE),
-                         pa.field(CHAT, MESSAGES_TYPE)])
-KEPT_ROWS = f"reason == '{KEPT}'"  # a Ray Data filter expression
-ROWS_PER_FILE = 100_000
-OUTPUT_ENTRIES = {"train", "eval", "dropped", "_work", MANIFEST_FILE}  # all that a curation output holds
-PHASES = ("read+filter", "dedup", "select", "account", "write")
-
 
 
 @dataclass(frozen=True)

@@ -6,29 +6,10 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-import pyarrow as pa
-
 from pipelines.artifacts import MANIFEST_FILE, DatasetManifest
-from pipelines.curate.formats import ROW_SCHEMA
-from pipelines.curate.reasons import KEPT
-from pipelines.curate.split import (
-    CHAT,
-    DIGEST_TYPE,
-    MESSAGES_TYPE,
-    ROW_DIGEST,
-    SPLIT_KEY,
-)
 from pipelines.errors import StageError
 
-DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("user_id", pa.string()), ("source", pa.string()),
-                            ("reason", pa.string()), ("detail", pa.string())])
-KEPT_SCHEMA = pa.schema([*ROW_SCHEMA, pa.field(SPLIT_KEY, pa.int64()), pa.field(ROW_DIGEST, DIGEST_TYPE),
-                         pa.field(CHAT, MESSAGES_TYPE)])
-KEPT_ROWS = f"reason == '{KEPT}'"  # a Ray Data filter expression
-ROWS_PER_FILE = 100_000
 OUTPUT_ENTRIES = {"train", "eval", "dropped", "_work", MANIFEST_FILE}  # all that a curation output holds
-PHASES = ("read+filter", "dedup", "select", "account", "write")
-
 
 
 def check_replaceable(out: Path) -> None:

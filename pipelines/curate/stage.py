@@ -92,7 +92,6 @@ KEPT_SCHEMA = pa.schema([*ROW_SCHEMA, pa.field(SPLIT_KEY, pa.int64()), pa.field(
                          pa.field(CHAT, MESSAGES_TYPE)])
 KEPT_ROWS = f"reason == '{KEPT}'"  # a Ray Data filter expression
 ROWS_PER_FILE = 100_000
-OUTPUT_ENTRIES = {"train", "eval", "dropped", "_work", MANIFEST_FILE}  # all that a curation output holds
 PHASES = ("read+filter", "dedup", "select", "account", "write")
 
 
