@@ -116,7 +116,7 @@ class BenchResult:
     def __str__(self) -> str:
         t, paths = self.cfg.train, (self.bare, self.one, self.two)
         lines = [
-            f"raylora bench train: {self.cfg.adapter.method} r={self.cfg.adapter.r} on {self.cfg.model.base}, "
+            f"raylora bench train: {self.cfg.adapter.label} on {self.cfg.model.base}, "
             f"micro batch {t.micro_batch_size} x {self.cfg.model.max_seq_len} tokens, {t.max_steps} steps, "
             f"ZeRO-{t.deepspeed.stage}, {self.trainable_params:,} trainable params",
             "load average (1, 5, 15 min): " + "; ".join(f"{moment} {a:.1f} {b:.1f} {c:.1f}"

@@ -95,6 +95,11 @@ class AdapterConfig(Section):
         """Full fine-tuning: every weight of the model trains, and a whole model is saved instead of an adapter."""
         return self.method == FULL
 
+    @property
+    def label(self) -> str:
+        """How progress lines and reports name the method: its rank, which full fine-tuning has not."""
+        return "full fine-tuning" if self.is_full else f"{self.method} r={self.r}"
+
     @field_validator("target_modules")
     @classmethod
     def _non_empty_targets(cls, v: Any) -> Any:

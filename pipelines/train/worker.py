@@ -206,9 +206,8 @@ class Worker:
         if self.is_main:
             where = f"resumed at step {start_step}" if start_step else "from scratch"
             cfg, built = self.cfg, self.built
-            method = "full fine-tuning" if cfg.adapter.is_full else f"{cfg.adapter.method} r={cfg.adapter.r}"
             progress(f"{cfg.run_name}: {self.world_size} worker(s), ZeRO-{cfg.train.deepspeed.stage}, "
-                     f"{method}, {built.trainable_params:,} of {built.total_params:,} "
+                     f"{cfg.adapter.label}, {built.trainable_params:,} of {built.total_params:,} "
                      f"params trainable, {self.total_steps} steps, {where}")
 
 

@@ -130,6 +130,12 @@ def test_full_fine_tuning_is_valid_under_zero_2_and_3(stage):
     cfg = validate_config(apply_overrides(_demo_raw(), ["adapter.method=full", f"train.deepspeed.stage={stage}"]))
     assert cfg.adapter.is_full
     assert not cfg.adapter.is_quantized
+    assert cfg.adapter.label == "full fine-tuning"  # no rank in the progress line: full fine-tuning has none
+
+
+@pytest.mark.parametrize(("overrides", "label"), [([], "lora r=8"), (["adapter.method=dora", "adapter.r=16"], "dora r=16")])
+def test_an_adapter_is_named_with_its_rank(overrides, label):
+    assert validate_config(apply_overrides(_demo_raw(), overrides)).adapter.label == label
 
 
 def test_missing_data_section_names_it():
