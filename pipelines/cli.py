@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 
 from pipelines.artifacts import curated_manifest_path, read_curated_manifest
-from pipelines.config import RayloraConfig, dump_config, load_config
+from pipelines.config import RayloraConfig, dump_config, load_config, parse_override
 from pipelines.console import setup_console, stop_relaying
 from pipelines.errors import ConfigError, StageError
 
@@ -264,7 +264,8 @@ def cmd_study(cfg: RayloraConfig | None, args: argparse.Namespace) -> int:
         print(describe_studies(), end="")
         return EXIT_OK
     study = load_study(args.name)
-    verdict = run_study(study, cfg, reduced=args.reduced)
+    overrides = {".".join(keys): value for keys, value in map(parse_override, args.overrides)}
+    verdict = run_study(study, cfg, reduced=args.reduced, overrides=overrides)
     print(f"study {study.name}: {verdict['verdict']}  ({cfg.path('studies', study.name).resolve()})")
     return EXIT_OK
 

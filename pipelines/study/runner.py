@@ -22,13 +22,17 @@ from pipelines import tracking
 from pipelines.artifacts import TrainResult
 from pipelines.config import RayloraConfig, validate_config
 from pipelines.config.search_space import apply_point
+from pipelines.errors import ConfigError
 from pipelines.models import resolve_base_model
 from pipelines.study.report import plot_claims, table_markdown
-from pipelines.study.schema import LARGEST, SMALLEST, VARIANT_KEY, Claim, Study
+from pipelines.study.schema import LARGEST, SMALLEST, VARIANT_KEY, Claim, Study, study_path
 from pipelines.study.verdict import claim_verdict, overall
 
 SEED_KEY = "train.seed"
 OWN_DATA = ""  # the variant name of CONFIG's own curated data
+# what makes a study's search a grid over grid x seeds with every trial run to the end (search_configs)
+FIXED_TUNE_KEYS = ("tune.enabled", "tune.search", "tune.num_samples", "tune.scheduler", "tune.metric", "tune.mode",
+                   "tune.search_space")
 
 
 def say(line: str) -> None:
@@ -44,19 +48,40 @@ def hidden_size(cfg: RayloraConfig) -> int:
     return int(config.get_text_config().hidden_size)
 
 
+def check_overrides(study: Study, overrides: dict[str, Any]) -> None:
+    """Refuse a command-line key that the study itself varies or fixes, which would otherwise be silently
+    replaced: a grid axis, the seeds, the shape of its search. (A data variant's keys replace CONFIG's data in
+    that arm only, which is what the variant is; CONFIG's own arm keeps the command line's.)"""
+    varied = {key: f"the grid of study {study.name}" for key in study.grid}
+    varied[SEED_KEY] = f"the seeds of study {study.name}"
+    varied.update({key: "how a study searches (a grid run to the end)" for key in FIXED_TUNE_KEYS})
+    for key in overrides:
+        if key in varied:
+            raise ConfigError(f"{key} on the command line is {varied[key]}, which would replace it: drop it, or "
+                              f"run a copy of {study_path(study.name)} with your change (raylora study PATH CONFIG)")
+
+
+def replaced_settings(study: Study, overrides: dict[str, Any], reduced: bool) -> list[str]:
+    """A line for each of the study's settings that a command-line key replaces (the command line wins)."""
+    settings = study.run_settings(reduced)
+    return [f"{key}={overrides[key]} from the command line replaces the study's {settings[key]}"
+            for key in overrides if key in settings and overrides[key] != settings[key]]
+
+
 def search_configs(study: Study, cfg: RayloraConfig, grid: dict[str, list], seeds: list[int],
-                   reduced: bool) -> dict[str, tuple[RayloraConfig, RayloraConfig]]:
+                   reduced: bool, overrides: dict[str, Any] | None = None
+                   ) -> dict[str, tuple[RayloraConfig, RayloraConfig]]:
     """Per data variant, the config its data is curated with (CONFIG plus the variant's keys, curated into a
     directory of its own; a variant without keys is CONFIG's own curation) and the config of its search
-    (that plus the study's settings: a grid over grid x seeds, every trial run to the end). Invalid values
-    fail here, before any Ray work."""
+    (that plus the study's settings, then the command line's keys again, so they win: a grid over grid x
+    seeds, every trial run to the end). Invalid values fail here, before any Ray work."""
     base = cfg.model_dump(mode="json")
     suffix = "-reduced" if reduced else ""
     out = {}
     for variant, keys in (study.data or {OWN_DATA: {}}).items():
         data_keys = {**keys, "curate.output_dir": f"studies/{study.name}/data-{variant}"} if keys else {}
         curate_cfg = validate_config(apply_point(base, data_keys))
-        raw = apply_point(curate_cfg.model_dump(mode="json"), study.run_settings(reduced))
+        raw = apply_point(curate_cfg.model_dump(mode="json"), {**study.run_settings(reduced), **(overrides or {})})
         raw["run_name"] = f"study-{study.name}{suffix}" + (f"-{variant}" if variant else "")
         raw["tune"] = {**raw["tune"], "enabled": True, "search": "grid", "num_samples": 1, "scheduler": "fifo",
                        "metric": "eval_loss", "mode": "min",
@@ -115,14 +140,19 @@ def judge_claim(claim: Claim, rows: list[dict[str, Any]], axes: dict[str, list],
             "a": a, "b": b, "seeds_missing": [s for s in seeds if s not in per_seed]}
 
 
-def run_study(study: Study, cfg: RayloraConfig, reduced: bool = False) -> dict[str, Any]:
-    """Run ``study`` on CONFIG's model and data; returns the verdict (also ``studies/NAME/verdict.json``)."""
+def run_study(study: Study, cfg: RayloraConfig, reduced: bool = False,
+              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``study`` on CONFIG's model and data; returns the verdict (also ``studies/NAME/verdict.json``).
+    ``overrides``: the dotted keys given on the command line (already in ``cfg``), which win over the
+    study's settings and may not touch what it varies."""
     from pipelines.curate import curate
     from pipelines.tune import check_search, tune
 
+    overrides = overrides or {}
+    check_overrides(study, overrides)
     grid = study.scaled_grid(hidden_size(cfg), reduced)
     seeds = study.run_seeds(reduced)
-    configs = search_configs(study, cfg, grid, seeds, reduced)
+    configs = search_configs(study, cfg, grid, seeds, reduced, overrides)
     for _, search_cfg in configs.values():
         check_search(search_cfg)
     out_dir = cfg.path("studies", study.name).resolve()
@@ -131,6 +161,8 @@ def run_study(study: Study, cfg: RayloraConfig, reduced: bool = False) -> dict[s
     if verdict_path.is_file() and (done := json.loads(verdict_path.read_text())).get("fingerprint") == fingerprint:
         say(f"{study.name} ({fingerprint}) already ran: {done['verdict']}; {out_dir}")
         return done
+    for line in replaced_settings(study, overrides, reduced):
+        say(line)
     trials = len(configs) * len(seeds) * math.prod(len(values) for values in grid.values())
     say(f"{study.name}: {study.title}; {trials} trials ({len(configs)} search(es) over {grid} x seeds {seeds})"
         + (" [reduced]" if reduced else ""))

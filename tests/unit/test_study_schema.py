@@ -13,7 +13,7 @@ from pipelines.config import validate_config
 from pipelines.errors import ConfigError
 from pipelines.study import load_study, study_names
 from pipelines.study.report import read_table, table_markdown
-from pipelines.study.runner import judge_claim, search_configs
+from pipelines.study.runner import judge_claim, replaced_settings, search_configs
 from pipelines.study.schema import MIN_SEEDS, Claim, study_path
 from pipelines.study.verdict import CONTRADICTED, INCONCLUSIVE, REPRODUCED, judge, overall, seed_difference
 
@@ -123,6 +123,47 @@ def test_the_cli_refuses_a_bad_study_with_exit_2_before_any_ray_work(tmp_path, d
     assert main(["study", "no-such-study", str(config)]) == EXIT_USAGE
     assert "no study no-such-study" in capsys.readouterr().err
     assert ray.is_initialized() == was_up
+
+
+@pytest.mark.parametrize(("name", "override", "named"), [
+    ("rank", "adapter.r=8", "adapter.r on the command line is the grid of study rank, which would replace it"),
+    ("targets", "train.seed=5", "train.seed on the command line is the seeds of study targets"),
+    ("qlora-vs-lora", "tune.search=tpe", "tune.search on the command line is how a study searches"),
+])
+def test_a_command_line_key_the_study_varies_is_exit_2_before_any_ray_work(name, override, named, tmp_path,
+                                                                          demo_config_dict, monkeypatch, capsys):
+    import ray
+
+    import pipelines.curate
+    import pipelines.tune
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the study started")
+
+    monkeypatch.setattr(pipelines.curate, "curate", must_not_run)
+    monkeypatch.setattr(pipelines.tune, "tune", must_not_run)
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(demo_config_dict))
+    was_up = ray.is_initialized()
+    assert main(["study", name, str(config), override]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert named in err and f"run a copy of {study_path(name)}" in err and "\n" not in err
+    assert ray.is_initialized() == was_up
+
+
+def test_a_command_line_key_the_study_sets_wins_and_is_said(demo_config_dict):
+    study = load_study("forgetting")
+    mine = ["my_eval.jsonl", "pretraining.jsonl"]  # a user's model: the text its base was trained on
+    overrides = {"train.max_steps": 7, "data.eval_sets": mine, "train.lr": 5e-4}
+    cfg = validate_config({**demo_config_dict, "train": {**demo_config_dict["train"], "max_steps": 7, "lr": 5e-4}})
+    (search,) = [search for _, search in search_configs(study, cfg, study.scaled_grid(TINY_HIDDEN_SIZE), study.seeds,
+                                                        False, overrides).values()]
+    assert (search.train.max_steps, search.data.eval_sets, search.train.lr) == (7, mine, 5e-4)
+    assert search.train.eval_every == 60  # a setting the command line leaves is the study's
+    assert replaced_settings(study, overrides, reduced=False) == [
+        "train.max_steps=7 from the command line replaces the study's 60",
+        f"data.eval_sets={mine} from the command line replaces the study's "
+        "['.raylora/data/eval.jsonl', '.raylora/data/pretraining.jsonl']"]
 
 
 def test_the_cli_lists_every_study_with_its_claims(capsys):
