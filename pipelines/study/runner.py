@@ -30,9 +30,10 @@ from pipelines.study.verdict import claim_verdict, overall
 
 SEED_KEY = "train.seed"
 OWN_DATA = ""  # the variant name of CONFIG's own curated data
-# what makes a study's search a grid over grid x seeds with every trial run to the end (search_configs)
-FIXED_TUNE_KEYS = ("tune.enabled", "tune.search", "tune.num_samples", "tune.scheduler", "tune.metric", "tune.mode",
-                   "tune.search_space")
+# a study's search: a grid over grid x seeds (tune.search_space), every trial run to the end
+STUDY_SEARCH = {"enabled": True, "search": "grid", "num_samples": 1, "scheduler": "fifo", "metric": "eval_loss",
+                "mode": "min"}
+FIXED_TUNE_KEYS = tuple(f"tune.{key}" for key in [*STUDY_SEARCH, "search_space"])
 
 
 def say(line: str) -> None:
@@ -83,8 +84,7 @@ def search_configs(study: Study, cfg: RayloraConfig, grid: dict[str, list], seed
         curate_cfg = validate_config(apply_point(base, data_keys))
         raw = apply_point(curate_cfg.model_dump(mode="json"), {**study.run_settings(reduced), **(overrides or {})})
         raw["run_name"] = f"study-{study.name}{suffix}" + (f"-{variant}" if variant else "")
-        raw["tune"] = {**raw["tune"], "enabled": True, "search": "grid", "num_samples": 1, "scheduler": "fifo",
-                       "metric": "eval_loss", "mode": "min",
+        raw["tune"] = {**raw["tune"], **STUDY_SEARCH,
                        "search_space": {**{k: {"grid": v} for k, v in grid.items()}, SEED_KEY: {"grid": seeds}}}
         out[variant] = (curate_cfg, validate_config(raw))
     return out

@@ -133,7 +133,10 @@ def test_full_fine_tuning_is_valid_under_zero_2_and_3(stage):
     assert cfg.adapter.label == "full fine-tuning"  # no rank in the progress line: full fine-tuning has none
 
 
-@pytest.mark.parametrize(("overrides", "label"), [([], "lora r=8"), (["adapter.method=dora", "adapter.r=16"], "dora r=16")])
+@pytest.mark.parametrize(("overrides", "label"), [
+    ([], "lora r=8"),
+    (["adapter.method=dora", "adapter.r=16"], "dora r=16"),
+])
 def test_an_adapter_is_named_with_its_rank(overrides, label):
     assert validate_config(apply_overrides(_demo_raw(), overrides)).adapter.label == label
 
