@@ -60,7 +60,8 @@ class TrainConfig(Section):
         50, ge=1,
         description="steps between checkpoints (adapter, optimizer, data position); reruns resume there")
     keep_checkpoints: int = Field(
-        2, ge=1, description="checkpoints kept on disk: the best by eval_loss (the latest when train.eval=false)")
+        2, ge=1, description="checkpoints kept on disk: the best by eval_loss (the latest when train.eval=false), "
+                    "and always the latest, which a rerun resumes from")
     eval: bool = Field(
         True, description="evaluate during training; false needs no eval rows and ranks checkpoints by recency")
     export: Literal["best", "last"] = Field(

@@ -39,8 +39,11 @@ from pipelines.train.worker import train_loop_per_worker
 # Test-only hooks, read only when TEST_HOOKS_ENV=1, which no user's run sets:
 #   FAULT_KILL_ENV=N   the last rank SIGKILLs its own process at step N of a run that started from scratch
 #   ROW_LOG_ENV=DIR    each rank appends the row ids of every step to DIR/rank<N>.jsonl
+#   FAULT_SPOIL_ENV=N  after step N every rank's logits are multiplied by 1000: a run that is worse at its end than
+#                      at an earlier eval by construction, not by hoping a learning rate diverges
 TEST_HOOKS_ENV = "RAYLORA_TEST_HOOKS"
 FAULT_KILL_ENV = "RAYLORA_FAULT_KILL_AT_STEP"
+FAULT_SPOIL_ENV = "RAYLORA_FAULT_SPOIL_AT_STEP"
 ROW_LOG_ENV = "RAYLORA_ROW_LOG_DIR"
 TRAIN_RESULT_FILE = "train_result.json"
 
@@ -48,8 +51,9 @@ TRAIN_RESULT_FILE = "train_result.json"
 def read_test_hooks() -> dict[str, Any]:
     if os.environ.get(TEST_HOOKS_ENV) != "1":
         return {}
-    kill_at = os.environ.get(FAULT_KILL_ENV)
-    return {"kill_at_step": int(kill_at) if kill_at else None, "row_log_dir": os.environ.get(ROW_LOG_ENV)}
+    kill_at, spoil_at = os.environ.get(FAULT_KILL_ENV), os.environ.get(FAULT_SPOIL_ENV)
+    return {"kill_at_step": int(kill_at) if kill_at else None, "spoil_at_step": int(spoil_at) if spoil_at else None,
+            "row_log_dir": os.environ.get(ROW_LOG_ENV)}
 
 
 def run_dir(cfg: RayloraConfig, fingerprint: Fingerprint) -> Path:

@@ -191,13 +191,15 @@ class Worker:
         return metrics
 
     def after_step(self, state: TrainState, group: list[dict], start_step: int) -> None:
-        """Test-only hooks: record the rows this rank trained on; the last rank SIGKILLs its own process (a
-        real worker death, not an exception) on a run that started from scratch."""
+        """Test-only hooks: record the rows this rank trained on; spoil the model from a step on; the last rank
+        SIGKILLs its own process (a real worker death, not an exception) on a run that started from scratch."""
         if self.test_hooks.get("row_log_dir"):
             path = Path(self.test_hooks["row_log_dir"]) / f"rank{self.rank}.jsonl"
             with path.open("a") as out:
                 rows = [row for batch in group for block in batch["row_ids"] for row in block]
                 out.write(json.dumps({"step": state.step, "rows": rows}) + "\n")
+        if self.test_hooks.get("spoil_at_step") == state.step:
+            spoil_from_here_on(self.built.model)
         if (self.test_hooks.get("kill_at_step") == state.step and start_step == 0
                 and self.rank == self.world_size - 1):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -209,6 +211,12 @@ class Worker:
             progress(f"{cfg.run_name}: {self.world_size} worker(s), ZeRO-{cfg.train.deepspeed.stage}, "
                      f"{cfg.adapter.label}, {built.trainable_params:,} of {built.total_params:,} "
                      f"params trainable, {self.total_steps} steps, {where}")
+
+
+def spoil_from_here_on(model: torch.nn.Module) -> None:
+    """Every later forward's logits multiplied by 1000 (a hook on the output layer): a model that is not right on
+    every answer token is then confidently wrong, so each later eval loss is far above any before it."""
+    model.get_output_embeddings().register_forward_hook(lambda _module, _inputs, logits: logits * 1000.0)
 
 
 def non_empty(eval_sets: dict[str, list[dict]]) -> dict[str, list[dict]]:

@@ -21,7 +21,13 @@ from pipelines.cli import EXIT_OK, EXIT_USAGE, main
 from pipelines.config import validate_config
 from pipelines.train import train
 from pipelines.train.data import train_batches
-from pipelines.train.driver import FAULT_KILL_ENV, ROW_LOG_ENV, TEST_HOOKS_ENV, read_test_hooks
+from pipelines.train.driver import (
+    FAULT_KILL_ENV,
+    FAULT_SPOIL_ENV,
+    ROW_LOG_ENV,
+    TEST_HOOKS_ENV,
+    read_test_hooks,
+)
 
 SMALL_TRAIN = {"max_steps": 4, "micro_batch_size": 4, "lr": 3e-3, "warmup_ratio": 0.0, "eval_every": 4,
                "checkpoint_every": 4, "log_every": 2, "eval_generate_limit": 2, "eval_max_new_tokens": 2}
@@ -46,9 +52,8 @@ def adapter_bytes(adapter_dir: str | Path) -> bytes:
     return (Path(adapter_dir) / "adapter_model.safetensors").read_bytes()
 
 
-@pytest.mark.slow
 def test_a_changed_flag_is_a_new_run_and_the_same_flags_report_the_finished_one(
-        ray_local, demo_config_dict, curated_by_stage, tmp_path, capsys):
+        ray_train, demo_config_dict, curated_by_stage, tmp_path, capsys):
     """Trains on what the curate stage wrote, through the CLI: lr changed -> a new run (new adapter bytes, one
     line naming the change, the old run kept); rank changed -> a new run, no state-dict mismatch; the same
     command again -> the finished run is reported, nothing trains."""
@@ -105,8 +110,7 @@ def small_manifest(curated_manifest, tmp_path: Path, tokenizer, seq_len: int, mi
     return dataclasses.replace(curated_manifest, train_paths=[str(path)], num_train=count, train_hash=f"small-{count}")
 
 
-@pytest.mark.slow
-def test_each_rank_resumes_its_own_data_position(ray_local, demo_config_dict, curated_manifest, tiny_model_path,
+def test_each_rank_resumes_its_own_data_position(ray_train, demo_config_dict, curated_manifest, tiny_model_path,
                                                  tmp_path, monkeypatch):
     """Two workers, short epochs of different lengths per rank; the last rank is killed at step 5 and the group
     restored from the step-4 checkpoint. Every rank trains on exactly the rows of an uninterrupted run."""
@@ -132,33 +136,35 @@ def test_each_rank_resumes_its_own_data_position(ray_local, demo_config_dict, cu
         assert killed == whole, f"rank {rank} trained on other rows after the restore"
 
 
-@pytest.mark.slow
-def test_the_best_checkpoint_is_exported_and_kept_with_the_runs_lineage(ray_local, demo_config_dict,
-                                                                        curated_manifest, tmp_path):
-    """A learning rate far too high: the eval loss is best early and worse at the end. The exported adapter is
-    the best checkpoint's, the two best checkpoints are the ones kept, the eval set is evaluated, and the
-    MLflow run carries the params and lineage tags."""
+def test_the_best_checkpoint_is_exported_and_kept_with_the_runs_lineage(ray_train, demo_config_dict,
+                                                                        curated_manifest, tmp_path, monkeypatch):
+    """The run is worse at its end than at every earlier eval by construction: after step 7 a test hook
+    multiplies the model's logits by 1000, so the step-8 eval measures a confidently wrong model. The exported
+    adapter is the best checkpoint's; the two best checkpoints are kept, and the latest (Ray keeps it to resume
+    from), the fourth is deleted; the eval set is evaluated; the MLflow run carries the params and lineage tags."""
+    monkeypatch.setenv(TEST_HOOKS_ENV, "1")
+    monkeypatch.setenv(FAULT_SPOIL_ENV, "7")
     cfg = validate_config(small_config(
         demo_config_dict, tmp_path, run_name="best",
-        train={"max_steps": 6, "lr": 0.5, "scheduler": "constant", "checkpoint_every": 2, "eval_every": 2,
+        train={"max_steps": 8, "scheduler": "constant", "checkpoint_every": 2, "eval_every": 2,
                "keep_checkpoints": 2}))
     result = train(cfg, curated_manifest)
     client = MlflowClient(cfg.tracking_uri)
     evals = {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, "eval_loss")}
     best_step = min(evals, key=evals.get)
-    assert sorted(evals) == [2, 4, 6] and best_step != 6, f"the run must end worse than its best: {evals}"
+    assert sorted(evals) == [2, 4, 6, 8] and evals[8] > 10 * max(evals[2], evals[4], evals[6]), evals
 
     assert result.metrics["exported_step"] == best_step
     assert result.metrics["exported_eval_loss"] == pytest.approx(evals[best_step])
     assert adapter_bytes(result.adapter_path) == adapter_bytes(Path(result.checkpoint_path) / "adapter")
     kept = {json.loads((p / "train_state.rank0.json").read_text())["step"]
             for p in Path(result.checkpoint_path).parent.glob("checkpoint_*") if p.is_dir()}
-    assert kept == set(sorted(evals, key=evals.get)[:2]), "keep_checkpoints=2 keeps the two best"
+    assert kept == {*sorted(evals, key=evals.get)[:2], 8}, "keep_checkpoints=2 keeps the two best and the latest"
 
     assert result.metrics["eval/eval/loss"] == pytest.approx(result.metrics["eval_loss"], rel=1e-6), \
         "the eval set holds the same rows as this manifest's held-out split"
     run = client.get_run(result.mlflow_run_id)
-    assert run.data.params["train.lr"] == "0.5" and run.data.params["adapter.r"] == "8"
+    assert run.data.params["train.lr"] == "0.003" and run.data.params["adapter.r"] == "8"
     assert {k: run.data.tags[k] for k in ("train_hash", "eval_hash", "raylora.fingerprint", "base_model")} == {
         "train_hash": curated_manifest.train_hash, "eval_hash": curated_manifest.eval_hash,
         "raylora.fingerprint": result.fingerprint, "base_model": "tiny"}
@@ -175,8 +181,7 @@ def test_nothing_to_evaluate_fails_before_workers_start_naming_the_fix(demo_conf
     assert not (tmp_path / "ray_results").exists()
 
 
-@pytest.mark.slow
-def test_with_eval_off_a_run_trains_and_reports_no_eval_number(ray_local, demo_config_dict, curated_manifest,
+def test_with_eval_off_a_run_trains_and_reports_no_eval_number(ray_train, demo_config_dict, curated_manifest,
                                                                tmp_path):
     cfg = validate_config(small_config(demo_config_dict, tmp_path, run_name="no-eval", data={"eval_sets": []},
                                        train={"eval": False, "export": "last", "max_steps": 2,
@@ -190,4 +195,4 @@ def test_the_test_hooks_are_off_unless_explicitly_enabled(monkeypatch):
     monkeypatch.delenv(TEST_HOOKS_ENV, raising=False)
     assert read_test_hooks() == {}
     monkeypatch.setenv(TEST_HOOKS_ENV, "1")
-    assert read_test_hooks() == {"kill_at_step": 3, "row_log_dir": None}
+    assert read_test_hooks() == {"kill_at_step": 3, "spoil_at_step": None, "row_log_dir": None}
