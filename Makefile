@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch first, pinned: 2.13.0 is the CPU build here; an unpinned torch pulls GBs of CUDA.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast test-all bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,12 +22,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/raylora run configs/demo.yaml
 
+# The tiers select by the markers the fixtures a test uses set (tests/conftest.py FIXTURE_MARKERS).
+# test: what CI runs, at most 15 minutes of pytest on 2 cores.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slow"
 
+# test-fast: no Ray Train run, no search, no study, no server: at most 3 minutes.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests -m "not (ray_train or server or slow)"
+
+# test-all: everything, every study and slow variant: the check before a release.
+test-all: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)
 	$(BIN)/raylora bench all configs/demo.yaml

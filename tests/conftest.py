@@ -1,4 +1,12 @@
-"""Shared fixtures: one local Ray cluster per test session, the tiny model, the sample data."""
+"""Shared fixtures: one local Ray cluster per test session, the tiny model, the sample data, one trained adapter.
+
+A test's tier follows from what it starts, and what it starts from the fixtures it uses (directly or through
+other fixtures): ``FIXTURE_MARKERS`` marks it, and the Makefile's tiers select by those marks.
+
+    make test-fast   # -m "not (ray_train or server or slow)": no Ray Train run, no search, no study, no server
+    make test        # -m "not slow": what CI runs
+    make test-all    # everything: every study, the slow variants
+"""
 
 from __future__ import annotations
 
@@ -15,15 +23,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# fixture -> the markers of every test that uses it (the markers are described in pyproject.toml)
+FIXTURE_MARKERS = {
+    "ray_local": ("ray",),
+    "ray_train": ("ray", "ray_train"),
+    "ray_train_of_its_own": ("ray", "ray_train"),
+    "mlflow_server": ("server",),
+    "head": ("server", "ray", "ray_train"),
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """gpu tests skip where CUDA is not there."""
+    """Marks each test by the fixtures it uses; gpu tests skip where CUDA is not there."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs CUDA")
     for item in items:
-        if "gpu" in item.keywords:
+        for marker in sorted({m for name in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKERS.get(name, ())}):
+            item.add_marker(marker)
+        if skip and "gpu" in item.keywords:
             item.add_marker(skip)
 
 
@@ -37,6 +55,18 @@ def ray_local():
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_train(ray_local):
+    """The session's cluster, for a test that runs Ray Train (a train, tune, study or run command)."""
+    return ray_local
+
+
+@pytest.fixture
+def ray_train_of_its_own():
+    """For a test whose command trains on a Ray cluster it starts itself, in a subprocess: nothing to set up
+    here, the fixture says what the test starts so that its tier follows."""
 
 
 @pytest.fixture(scope="session")
@@ -166,3 +196,36 @@ def curated_manifest(sample_data, tmp_path_factory):
     )
     manifest.write(out / "manifest.json")
     return manifest
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    config: dict  # the config that trained it: its own workdir, the session's curated data, register keys
+    result: Path  # its TrainResult JSON
+    adapter: Path
+    curated: Path  # the session's curated data (manifest.json beside the Parquet files)
+
+
+@pytest.fixture(scope="session")
+def trained_lora(ray_train, demo_config_base, curated_manifest, tiny_model_path, tmp_path_factory) -> TrainedAdapter:
+    """One real LoRA train run (one worker, 8 short steps) on the session's curated data, shared by every test
+    that needs a trained adapter and not a particular run: generate, export, register, the registered model."""
+    from pipelines.artifacts import read_curated_manifest
+    from pipelines.config import validate_config
+    from pipelines.train import train
+
+    workdir = tmp_path_factory.mktemp("trained-lora")
+    raw = copy.deepcopy(demo_config_base)
+    raw.update(workdir=str(workdir), run_name="trained-lora")
+    curated = Path(curated_manifest.train_paths[0]).parent
+    (workdir / "curated").symlink_to(curated)  # read where this workdir keeps its curated data
+    raw["curate"] = {**raw.get("curate", {}), "output_dir": "curated"}
+    raw["model"] = {**raw["model"], "max_seq_len": 128}
+    raw["train"] = {**raw["train"], "max_steps": 8, "micro_batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0,
+                    "eval_every": 8, "checkpoint_every": 8, "eval_generate_limit": 4, "eval_max_new_tokens": 4}
+    raw["cluster"] = {**raw["cluster"], "num_workers": 1, "cpus_per_worker": 1}
+    raw["register"] = {**raw.get("register", {}), "max_new_tokens": 8}
+    cfg = validate_config(raw)
+    result = train(cfg, read_curated_manifest(cfg, "the shared trained adapter"))
+    result_path = cfg.path("train", cfg.run_name, result.fingerprint, "train_result.json")
+    return TrainedAdapter(config=raw, result=Path(result_path), adapter=Path(result.adapter_path), curated=curated)

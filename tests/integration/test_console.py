@@ -18,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -31,8 +30,8 @@ NOISE = ["PlacementGroupCleaner", "Reporting training result", "gemm_4bit_forwar
          "Token authentication", "MLflow database"]
 
 
-@pytest.mark.slow
-def test_train_shows_progress_a_worker_failure_and_the_summary_and_nothing_else(demo_config_dict, curated_manifest,
+def test_train_shows_progress_a_worker_failure_and_the_summary_and_nothing_else(ray_train_of_its_own, demo_config_dict,
+                                                                                curated_manifest,
                                                                                 tmp_path):
     raw = copy.deepcopy(demo_config_dict)
     raw["run_name"] = "console"

@@ -24,7 +24,6 @@ def _write_config(raw, tmp_path):
     return str(path)
 
 
-@pytest.mark.slow
 def test_sample_data_is_curated_to_the_targets(curated_by_stage, sample_data):
     report = curated_by_stage.report
     cfg = validate_config(curated_by_stage.config)
@@ -68,7 +67,6 @@ def test_sample_data_is_curated_to_the_targets(curated_by_stage, sample_data):
     assert len(manifest.train_hash) == len(manifest.eval_hash) == 64 and manifest.train_hash != manifest.eval_hash
 
 
-@pytest.mark.slow
 def test_everything_dropped_fails_with_the_reason_table(ray_local, demo_config_dict, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "instruction": "What is 3 + 4?", "output": ""}\n{broken\n')
@@ -104,7 +102,6 @@ def test_top_k_keeps_the_best_rows(ray_local, demo_config_dict, sample_data, tmp
     assert Counter(len(m) > 2 for m in kept)[True] == 50  # multi-turn rows score highest
 
 
-@pytest.mark.slow
 def test_diversity_selection_with_the_bundled_embedding_model(ray_local, demo_config_dict, sample_data, tmp_path):
     import random
 

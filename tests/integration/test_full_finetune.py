@@ -28,9 +28,8 @@ TINY_TRAIN = {"max_steps": 2, "micro_batch_size": 4, "lr": 3e-3, "warmup_ratio":
               "deepspeed": {"stage": 3}}
 
 
-@pytest.mark.slow
 def test_full_fine_tuning_under_zero3_trains_every_weight_and_saves_a_whole_model(
-        ray_local, demo_config_dict, curated_manifest, tiny_model_path, tmp_path, capsys):
+        ray_train, demo_config_dict, curated_manifest, tiny_model_path, tmp_path, capsys):
     raw = {**demo_config_dict, "train": {**demo_config_dict["train"], **TINY_TRAIN},
            "model": {**demo_config_dict["model"], "max_seq_len": 128},
            "cluster": {**demo_config_dict["cluster"], "num_workers": 2, "cpus_per_worker": 0.5},

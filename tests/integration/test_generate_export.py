@@ -26,13 +26,10 @@ from adapters.export import EXPORT_FILE
 from adapters.generation import generate_answers, load_adapter_model
 from adapters.io import load_adapter, save_adapter, save_full_model
 from adapters.merge import probe_batch
-from pipelines.artifacts import TrainResult, read_curated_manifest
+from pipelines.artifacts import TrainResult
 from pipelines.cli import EXIT_OK, EXIT_USAGE, main
-from pipelines.config import AdapterConfig, ModelConfig, validate_config
-from pipelines.train import train
+from pipelines.config import AdapterConfig, ModelConfig
 from pipelines.train.data import end_of_turn_id
-
-pytestmark = pytest.mark.slow  # every test stands on a real train run
 
 PROMPTS = ["What is 2 + 3?", "Reverse the word 'lamp'.", "What is the capital of Velmora?"]
 MAX_NEW_TOKENS = 8  # register.max_new_tokens of the config below: what generate and the served model default to
@@ -47,24 +44,13 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(ray_local, demo_config_base, curated_manifest, tiny_model_path, tmp_path_factory) -> Trained:
-    """One real train run of a few steps on the session's curated data, and its config file."""
-    workdir = tmp_path_factory.mktemp("generate-export")
-    raw = copy.deepcopy(demo_config_base)
-    raw.update(workdir=str(workdir), run_name="to-use")
-    (workdir / "curated").symlink_to(Path(curated_manifest.train_paths[0]).parent)
-    raw["curate"] = {**raw.get("curate", {}), "output_dir": "curated"}
-    raw["model"] = {**raw["model"], "max_seq_len": 128}
-    raw["train"] = {**raw["train"], "max_steps": 6, "micro_batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0,
-                    "eval_every": 6, "checkpoint_every": 6, "eval_generate_limit": 2, "eval_max_new_tokens": 4}
-    raw["cluster"] = {**raw["cluster"], "num_workers": 1, "cpus_per_worker": 1}
-    raw["register"] = {**raw.get("register", {}), "model_name": "to-use", "max_new_tokens": MAX_NEW_TOKENS}
-    cfg = validate_config(raw)
-    result = train(cfg, read_curated_manifest(cfg, "generate/export test"))
-    config = workdir / "use.yaml"
+def trained(trained_lora, tiny_model_path) -> Trained:
+    """The session's trained adapter, and a config file in its workdir that registers it as `to-use`."""
+    raw = copy.deepcopy(trained_lora.config)
+    raw["register"] = {**raw["register"], "model_name": "to-use", "max_new_tokens": MAX_NEW_TOKENS}
+    config = Path(raw["workdir"]) / "use.yaml"
     config.write_text(yaml.safe_dump(raw))
-    result_path = cfg.path("train", cfg.run_name, result.fingerprint, "train_result.json")
-    return Trained(config, result_path, Path(result.adapter_path), Path(tiny_model_path))
+    return Trained(config, trained_lora.result, trained_lora.adapter, Path(tiny_model_path))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +92,7 @@ def test_generate_from_a_run_answers_each_prompt_as_plain_peft_does(trained, cap
     argv = ["generate", str(trained.config), "--from", str(trained.result)]
     assert main([*argv, *(arg for p in PROMPTS for arg in ("--prompt", p))]) == EXIT_OK
     out = capsys.readouterr().out
-    assert f"train run to-use/{TrainResult.read(trained.result).fingerprint}" in out.splitlines()[0]
+    assert f"train run trained-lora/{TrainResult.read(trained.result).fingerprint}" in out.splitlines()[0]
     assert [line.removeprefix("prompt   ") for line in out.splitlines() if line.startswith("prompt   ")] == PROMPTS
     answers = printed_answers(out)
     assert answers == peft_answers(trained, PROMPTS)

@@ -51,8 +51,7 @@ def eval_rows(manifest) -> list[dict]:
     return [row for path in manifest.eval_paths for row in pq.read_table(path).to_pylist()]
 
 
-@pytest.mark.slow
-def test_qwen2_with_its_chatml_template_trains_on_two_workers(ray_local, demo_config_dict, curated_manifest,
+def test_qwen2_with_its_chatml_template_trains_on_two_workers(ray_train, demo_config_dict, curated_manifest,
                                                                 family_dirs, tmp_path):
     cfg = validate_config(family_config(demo_config_dict, family_dirs["qwen2"], run_name="qwen2"))
     manifest = with_few_eval_rows(curated_manifest, tmp_path)

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines.artifacts import TrainResult, read_curated_manifest
+from pipelines.artifacts import TrainResult
 from pipelines.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from pipelines.config import validate_config
 from pipelines.register.alias_lock import who
@@ -36,7 +36,6 @@ from pipelines.register.stage import (
     REGISTRATION_TAG,
     TEST_HOOKS_ENV,
 )
-from pipelines.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["What is 2 + 3?", "Reverse the word 'lamp'."]
@@ -116,24 +115,11 @@ def zeroed_copy(result: TrainResult, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adapters(ray_local, demo_config_base, curated_manifest, tiny_model_path, tmp_path_factory) -> Adapters:
-    """One real train run on the session's curated data (a few steps), and its zeroed copy. The curated set is
-    the session's manifest of the sample data's clean rows, which leaves this file independent of curation."""
-    workdir = tmp_path_factory.mktemp("register")
-    raw = copy.deepcopy(demo_config_base)
-    raw.update(workdir=str(workdir), run_name="to-register")
-    curated = Path(curated_manifest.train_paths[0]).parent  # manifest.json beside the Parquet files
-    (workdir / "curated").symlink_to(curated)  # read where this workdir keeps its curated data
-    raw["curate"] = {**raw.get("curate", {}), "output_dir": "curated"}
-    raw["model"] = {**raw["model"], "max_seq_len": 128}
-    raw["train"] = {**raw["train"], "max_steps": 8, "micro_batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0,
-                    "eval_every": 8, "checkpoint_every": 8, "eval_generate_limit": 4, "eval_max_new_tokens": 4}
-    raw["cluster"] = {**raw["cluster"], "num_workers": 1, "cpus_per_worker": 1}
-    raw["register"] = {**raw.get("register", {}), "max_new_tokens": 8}
-    cfg = validate_config(raw)
-    result = train(cfg, read_curated_manifest(cfg, "register test"))
-    better = Path(cfg.path("train", cfg.run_name, result.fingerprint, "train_result.json"))
-    return Adapters(config=raw, curated=curated, better=better, worse=zeroed_copy(result, workdir / "zeroed"))
+def adapters(trained_lora, tmp_path_factory) -> Adapters:
+    """The session's trained adapter and its zeroed copy."""
+    result = TrainResult.read(trained_lora.result)
+    return Adapters(config=trained_lora.config, curated=trained_lora.curated, better=trained_lora.result,
+                    worse=zeroed_copy(result, tmp_path_factory.mktemp("zeroed")))
 
 
 def config_file(adapters: Adapters, directory: Path, tracking_uri: str | None = None, **register) -> Path:
@@ -322,7 +308,6 @@ def test_a_registration_that_fails_half_way_leaves_no_alias(served, adapters, ml
     assert failed[0].info.status == "FAILED"
 
 
-@pytest.mark.slow
 def test_two_registrations_racing_end_with_one_champion_the_better(adapters, tmp_path):
     """Two processes register at once on the embedded SQLite store; each holds the alias lock for 3 s after
     reading the champion, so without the lock both would see no champion and both would crown themselves."""

@@ -13,8 +13,6 @@ from pipelines.cli import EXIT_OK, main
 from pipelines.config import validate_config
 from pipelines.run import RUN_SUMMARY_FILE, RunSummary
 
-pytestmark = pytest.mark.slow
-
 
 def head(path, lines, out):
     out.write_bytes(b"\n".join(path.read_bytes().split(b"\n")[:lines]) + b"\n")
@@ -27,7 +25,7 @@ def summary_block(printed: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def small_run(ray_local, demo_config_base, sample_data, tmp_path_factory):
+def small_run(ray_train, demo_config_base, sample_data, tmp_path_factory):
     """A small config: 250 rows of each sample source, one short train run (no search), the register gate."""
     root = tmp_path_factory.mktemp("run")
     raw = {**json.loads(json.dumps(demo_config_base)), "workdir": str(root / "work"), "run_name": "whole"}

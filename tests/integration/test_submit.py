@@ -175,7 +175,6 @@ def test_an_address_where_nothing_listens_fails_within_seconds():
                            "--address http://HEAD:8265")
 
 
-@pytest.mark.slow
 def test_a_missing_token_or_a_bad_config_submits_nothing(head, small_data, tmp_path, monkeypatch):
     config = small_config(tmp_path, small_data, "not-submitted")
     before = job_ids(head)
@@ -191,7 +190,6 @@ def test_a_missing_token_or_a_bad_config_submits_nothing(head, small_data, tmp_p
     assert job_ids(head) == before
 
 
-@pytest.mark.slow
 def test_submit_runs_the_pipeline_as_a_job_and_the_model_loads_by_alias(head, small_data, tiny_model_path,
                                                                          tmp_path):
     config = small_config(tmp_path, small_data, "submitted",
@@ -224,7 +222,6 @@ def test_submit_runs_the_pipeline_as_a_job_and_the_model_loads_by_alias(head, sm
     assert list((tmp_path / "mlartifacts").rglob("adapter_model.safetensors"))
 
 
-@pytest.mark.slow
 def test_a_job_that_fails_reports_its_error_and_exits_1(head, small_data, tiny_model_path, tmp_path):
     # the client validates the config; the source is missing only where the job runs (on the cluster)
     config = small_config(tmp_path, small_data, "fails", model={"base": str(tiny_model_path)},
@@ -239,7 +236,6 @@ def test_a_job_that_fails_reports_its_error_and_exits_1(head, small_data, tiny_m
     assert code == EXIT_OK and out.startswith(f"{job_id}  FAILED  run fails\n")
 
 
-@pytest.mark.slow
 def test_a_job_submitted_without_waiting_is_stopped(head, small_data, tmp_path):
     config = small_config(tmp_path, small_data, "stopped")
     started = time.monotonic()

@@ -20,8 +20,6 @@ from mlflow.tracking import MlflowClient
 from pipelines.artifacts import TrainResult, TuneResult
 from pipelines.cli import EXIT_OK, main
 
-pytestmark = pytest.mark.slow
-
 # lr 1e-6 barely moves the loss: ASHA, keeping the better half at each rung, stops those trials
 LRS = [3e-3, 1e-6, 2e-3, 2e-6]
 MAX_STEPS = 6
@@ -53,10 +51,10 @@ def run_until(proc: subprocess.Popen, marker: str, after: str, timeout_s: float)
     raise AssertionError("the search ended before it could be killed:\n" + "".join(lines[-20:]))
 
 
-def test_an_asha_search_runs_to_the_end_and_a_killed_driver_resumes_it(ray_local, curated_by_stage, tmp_path,
+def test_an_asha_search_runs_to_the_end_and_a_killed_driver_resumes_it(ray_train, curated_by_stage, tmp_path,
                                                                        capsys):
     workdir = tmp_path / "work"
-    config = search_config(curated_by_stage, workdir, ray_local.get_runtime_context().gcs_address)
+    config = search_config(curated_by_stage, workdir, ray_train.get_runtime_context().gcs_address)
 
     # 1. the search in its own driver process, killed once its first trial trained to the end
     proc = subprocess.Popen([str(Path(sys.executable).parent / "raylora"), "tune", str(config)],

@@ -11,10 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
 
 
@@ -24,7 +22,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_curation_and_training_use_both_nodes(demo_config_base, sample_data, tmp_path):
+def test_curation_and_training_use_both_nodes(ray_train_of_its_own, demo_config_base, sample_data, tmp_path):
     raw = {**json.loads(json.dumps(demo_config_base)), "workdir": str(tmp_path / "work"), "run_name": "two-nodes"}
     for source in raw["data"]["sources"]:
         head = tmp_path / Path(source["path"]).name

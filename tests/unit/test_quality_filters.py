@@ -101,7 +101,6 @@ def test_english_only_filters_judge_only_english_rows():
     assert {"prompt_echo", "non_word_text", "answer_adequacy"} <= set(names)
 
 
-@pytest.mark.slow
 def test_refusal_classifier_and_relatedness_on_the_bundled_model():
     refusals = RefusalClassifierFilter(0.5)
     assert refusals.reasons([
