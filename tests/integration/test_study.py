@@ -3,16 +3,15 @@
 point and seed, a plot and a verdict whose numbers are the table's, and its MLflow runs sit under one parent.
 One seed can never give a finding, so every reduced verdict must say inconclusive.
 
-The suite runs three of them; every one of the ten runs with ``RAYLORA_STUDIES=all pytest
-tests/integration/test_study.py`` (about 12 min on 2 cores)."""
+`make test` runs the studies in ``IN_SUITE``; every one of the ten runs in `make test-all` (the others are marked
+slow), or alone with ``pytest tests/integration/test_study.py -m ''`` (about 12 min on 2 cores)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,34 +30,26 @@ TINY_HIDDEN_SIZE = 128
 FAST_EVAL = ["train.eval_generate_limit=1", "train.eval_max_new_tokens=2", "tune.max_concurrent_trials=2",
              "cluster.cpus_per_worker=0.9"]
 
-# Three studies that between them use every part of the machinery (data variants curated by the curation stage,
-# several claims on memory, time and quality, a claim over a sum of points): all ten reduced take about 12 min
-# on 2 cores (a trial is a Ray Train run: about 45 s of a trial actor, the Train controller and its helper
-# actors, and a worker, before its two steps), the suite's budget for the studies is 5. The other seven are
-# checked by their schema and reduced grid in tests/unit/test_study_schema.py, and run here on request.
-RUN_IN_SUITE = ("data-quality", "optimizer-by-rank", "qlora-vs-lora")
-STUDIES_ENV = "RAYLORA_STUDIES"
-RUN = tuple(study_names()) if os.environ.get(STUDIES_ENV) == "all" else RUN_IN_SUITE
-EVERY_STUDY = [pytest.param(name, marks=pytest.mark.skipif(
-    name not in RUN, reason=f"the suite runs {', '.join(RUN_IN_SUITE)}; {STUDIES_ENV}=all runs every study"))
-    for name in study_names()]
+# The suite's budget has room for one study's trials (a trial is a Ray Train run: about 45 s of a trial actor, the
+# Train controller and its helper actors, and a worker, before its two steps). data-quality uses the most of the
+# machinery: data variants curated by the curation stage, a claim on quality. The other nine, with claims on
+# memory and time and over a sum of points, run in `make test-all`, and tests/unit/test_study_schema.py checks
+# every study's schema and reduced grid.
+IN_SUITE = ("data-quality",)
+EVERY_STUDY = [pytest.param(name, marks=() if name in IN_SUITE else pytest.mark.slow) for name in study_names()]
 
 
 @dataclass(frozen=True)
 class Studied:
     workdir: Path
     config: Path
-    seconds: float
-    printed: str
+    printed: str  # what `raylora study` printed
 
 
 @pytest.fixture(scope="module")
-def studied(ray_local, curated_by_stage, tmp_path_factory) -> Studied:
-    """The studies, reduced, run once in one workdir (the session's curated data copied in, not curated again),
-    from a directory holding the demo's data files, which some studies name by their path under .raylora/."""
-    import contextlib
-    import io
-
+def study_workdir(ray_train, curated_by_stage, tmp_path_factory) -> Path:
+    """One workdir for every study of the module (the session's curated data copied in, not curated again),
+    holding the demo's data files, which some studies name by their path under .raylora/."""
     from pipelines.config import validate_config
     from pipelines.demo.assets import build_demo_assets
 
@@ -66,16 +57,28 @@ def studied(ray_local, curated_by_stage, tmp_path_factory) -> Studied:
     build_demo_assets(validate_config({**curated_by_stage.config, "workdir": str(workdir / ".raylora")}))
     (workdir / "curated").mkdir()
     shutil.copy(curated_by_stage.workdir / "curated" / "manifest.json", workdir / "curated" / "manifest.json")
-    config = workdir / "study.yaml"
-    config.write_text(yaml.safe_dump({**curated_by_stage.config, "workdir": str(workdir)}))
-    printed = io.StringIO()
-    started = time.monotonic()
-    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        assert set(RUN_IN_SUITE) <= set(study_names())
-        for name in RUN:
-            assert main(["study", name, str(config), "--reduced", *FAST_EVAL]) == EXIT_OK, name
-    return Studied(workdir, config, time.monotonic() - started, printed.getvalue())
+    (workdir / "study.yaml").write_text(yaml.safe_dump({**curated_by_stage.config, "workdir": str(workdir)}))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def studied(study_workdir) -> Callable[[str], Studied]:
+    """``studied(name)``: the study, reduced, run once per module on first use, from its workdir."""
+    import contextlib
+    import io
+
+    done: dict[str, Studied] = {}
+
+    def run(name: str) -> Studied:
+        if name not in done:
+            config, printed = study_workdir / "study.yaml", io.StringIO()
+            with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+                patch.chdir(study_workdir)
+                assert main(["study", name, str(config), "--reduced", *FAST_EVAL]) == EXIT_OK, name
+            done[name] = Studied(study_workdir, config, printed.getvalue())
+        return done[name]
+
+    return run
 
 
 def number(cell: str) -> float:
@@ -93,8 +96,9 @@ def side_from_table(rows: list[dict[str, str]], selectors: list[dict], seed: str
 
 @pytest.mark.parametrize("name", EVERY_STUDY)
 def test_a_reduced_study_writes_its_table_plot_and_a_verdict_made_of_the_tables_numbers(studied, name):
+    printed = studied(name).printed
     study = load_study(name)
-    out = studied.workdir / "studies" / name
+    out = studied(name).workdir / "studies" / name
     grid = study.scaled_grid(TINY_HIDDEN_SIZE, reduced=True)
     seeds = study.run_seeds(reduced=True)
 
@@ -123,13 +127,14 @@ def test_a_reduced_study_writes_its_table_plot_and_a_verdict_made_of_the_tables_
             sum(claim["per_seed_difference"].values()) / len(seeds))
         assert claim["verdict"] == INCONCLUSIVE and "a verdict needs at least 3" in claim["why"]
     assert verdict["verdict"] == INCONCLUSIVE
-    assert f"raylora study: {name}: inconclusive; table, plot and verdict in {out}" in studied.printed
+    assert f"raylora study: {name}: inconclusive; table, plot and verdict in {out}" in printed
 
 
 @pytest.mark.parametrize("name", EVERY_STUDY)
 def test_a_studys_runs_sit_under_one_mlflow_parent_run(studied, name):
-    verdict = json.loads((studied.workdir / "studies" / name / "verdict.json").read_text())
-    client = MlflowClient(f"sqlite:///{studied.workdir / 'mlflow.db'}")
+    workdir = studied(name).workdir
+    verdict = json.loads((workdir / "studies" / name / "verdict.json").read_text())
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     study_run = client.get_run(verdict["mlflow_run_id"])
     assert study_run.info.status == "FINISHED"
     assert study_run.data.tags["raylora.verdict"] == verdict["verdict"]
@@ -140,14 +145,16 @@ def test_a_studys_runs_sit_under_one_mlflow_parent_run(studied, name):
     assert sorted(r.info.run_id for r in searches) == sorted(verdict["searches"].values())
     trials = [run for search in searches for run in client.search_runs(
         [study_run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")]
-    assert len(trials) == len(read_table((studied.workdir / "studies" / name / "table.md").read_text()))
+    assert len(trials) == len(read_table((workdir / "studies" / name / "table.md").read_text()))
     assert all(run.info.status == "FINISHED" for run in trials)
 
 
 def test_the_same_study_again_reports_its_verdict_without_training(studied, capsys):
-    trained = sorted(studied.workdir.glob("train/*/*/train_result.json"))
-    assert main(["study", "qlora-vs-lora", str(studied.config), "--reduced", *FAST_EVAL]) == EXIT_OK
+    name = IN_SUITE[0]
+    first = studied(name)
+    trained = sorted(first.workdir.glob("train/*/*/train_result.json"))
+    capsys.readouterr()
+    assert main(["study", name, str(first.config), "--reduced", *FAST_EVAL]) == EXIT_OK
     out = capsys.readouterr().out
-    assert "raylora study: qlora-vs-lora (" in out and "already ran: inconclusive" in out
-    assert sorted(studied.workdir.glob("train/*/*/train_result.json")) == trained
-    print(f"all reduced studies together: {studied.seconds:.0f} s")  # shown with pytest -s
+    assert f"raylora study: {name} (" in out and "already ran: inconclusive" in out
+    assert sorted(first.workdir.glob("train/*/*/train_result.json")) == trained
