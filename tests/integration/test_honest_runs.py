@@ -28,6 +28,7 @@ from pipelines.train.driver import (
     TEST_HOOKS_ENV,
     read_test_hooks,
 )
+from pipelines.train.prepared import PreparedRows, prepare_dataset, prepared_batches
 
 SMALL_TRAIN = {"max_steps": 4, "micro_batch_size": 4, "lr": 3e-3, "warmup_ratio": 0.0, "eval_every": 4,
                "checkpoint_every": 4, "log_every": 2, "eval_generate_limit": 2, "eval_max_new_tokens": 2}
@@ -54,9 +55,9 @@ def adapter_bytes(adapter_dir: str | Path) -> bytes:
 
 def test_a_changed_flag_is_a_new_run_and_the_same_flags_report_the_finished_one(
         ray_train, demo_config_dict, curated_by_stage, tmp_path, capsys):
-    """Trains on what the curate stage wrote, through the CLI: lr changed -> a new run (new adapter bytes, one
-    line naming the change, the old run kept); rank changed -> a new run, no state-dict mismatch; the same
-    command again -> the finished run is reported, nothing trains."""
+    """Trains on what the curate stage wrote, through the CLI: lr and rank changed -> a new run (new adapter bytes,
+    one line naming both changes, the old run kept, no state-dict mismatch with the old run's checkpoints); the
+    same command again -> the finished run is reported, nothing trains."""
     curated_workdir = curated_by_stage.workdir
     config = write_config(small_config(demo_config_dict, curated_workdir), tmp_path / "run.yaml")
     cfg = validate_config(yaml.safe_load(Path(config).read_text()))
@@ -66,21 +67,23 @@ def test_a_changed_flag_is_a_new_run_and_the_same_flags_report_the_finished_one(
     assert first["train_hash"] == manifest.train_hash and first["eval_hash"] == manifest.eval_hash
     capsys.readouterr()
 
-    assert main(["train", config, "train.lr=1e-4"]) == EXIT_OK
+    changed = ["train.lr=1e-4", "adapter.r=16"]
+    assert main(["train", config, *changed]) == EXIT_OK
     out = capsys.readouterr().out
-    assert f"config changed since run {first['fingerprint']} (train.lr: 0.003 -> 0.0001)" in out
+    line = next(line for line in out.splitlines() if "config changed since run" in line)
+    assert f"config changed since run {first['fingerprint']} (" in line
+    assert "train.lr: 0.003 -> 0.0001" in line and "adapter.r: 8 -> 16" in line
     results = {p.parent.name: json.loads(p.read_text())
                for p in (curated_workdir / "train" / "demo").glob("*/train_result.json")}
     assert len(results) == 2 and first["fingerprint"] in results, "the old run is kept"
     second = next(r for name, r in results.items() if name != first["fingerprint"])
     assert adapter_bytes(second["adapter_path"]) != adapter_bytes(first["adapter_path"])
-    assert second["config"]["train"]["lr"] == 1e-4 and second["mlflow_run_id"] != first["mlflow_run_id"]
-    assert MlflowClient(cfg.tracking_uri).get_run(second["mlflow_run_id"]).data.params["train.lr"] == "0.0001"
+    assert second["config"]["train"]["lr"] == 1e-4 and second["config"]["adapter"]["r"] == 16
+    assert second["mlflow_run_id"] != first["mlflow_run_id"]
+    params = MlflowClient(cfg.tracking_uri).get_run(second["mlflow_run_id"]).data.params
+    assert (params["train.lr"], params["adapter.r"]) == ("0.0001", "16")
 
-    assert main(["train", config, "train.lr=1e-4", "adapter.r=16"]) == EXIT_OK
-    assert "adapter.r: 8 -> 16" in capsys.readouterr().out
-
-    assert main(["train", config, "train.lr=1e-4", "adapter.r=16"]) == EXIT_OK
+    assert main(["train", config, *changed]) == EXIT_OK
     assert "already finished at step 4" in capsys.readouterr().out
 
 
@@ -110,6 +113,22 @@ def small_manifest(curated_manifest, tmp_path: Path, tokenizer, seq_len: int, mi
     return dataclasses.replace(curated_manifest, train_paths=[str(path)], num_train=count, train_hash=f"small-{count}")
 
 
+def uninterrupted_rows(cfg, manifest: DatasetManifest, tiny_model_path: Path, rank: int) -> dict[int, list[str]]:
+    """The rows a rank trains on at each step of a run that nothing interrupts: its shard of the prepared
+    dataset, epoch after epoch, each shuffled by the seed plus the epoch (what the worker reads)."""
+    rows = PreparedRows.open(prepare_dataset(cfg, manifest, str(tiny_model_path)))
+    t, world_size, steps, epoch = cfg.train, cfg.cluster.num_workers, {}, 0
+    while len(steps) < t.max_steps:
+        batches = prepared_batches(rows, seq_len=cfg.model.max_seq_len, micro_batch_size=t.micro_batch_size,
+                                   rank=rank, world_size=world_size, seed=t.seed + epoch, packing=t.packing)
+        for batch in batches:
+            steps[len(steps) + 1] = [row for block in batch["row_ids"] for row in block]
+            if len(steps) == t.max_steps:
+                break
+        epoch += 1
+    return steps
+
+
 def test_each_rank_resumes_its_own_data_position(ray_train, demo_config_dict, curated_manifest, tiny_model_path,
                                                  tmp_path, monkeypatch):
     """Two workers, short epochs of different lengths per rank; the last rank is killed at step 5 and the group
@@ -118,22 +137,20 @@ def test_each_rank_resumes_its_own_data_position(ray_train, demo_config_dict, cu
 
     manifest = small_manifest(curated_manifest, tmp_path, AutoTokenizer.from_pretrained(tiny_model_path), 128, 4)
     monkeypatch.setenv(TEST_HOOKS_ENV, "1")
-    logs = {}
-    for name, kill in (("whole", None), ("killed", "5")):
-        logs[name] = tmp_path / name
-        logs[name].mkdir()
-        monkeypatch.setenv(ROW_LOG_ENV, str(logs[name]))
-        if kill:
-            monkeypatch.setenv(FAULT_KILL_ENV, kill)
-        cfg = validate_config(small_config(
-            demo_config_dict, tmp_path / name, run_name=name, cluster={"num_workers": 2, "cpus_per_worker": 0.5},
-            train={"max_steps": 8, "checkpoint_every": 2, "eval_every": 8}, data={"eval_sets": []}))
-        result = train(cfg, manifest)
+    monkeypatch.setenv(ROW_LOG_ENV, str(tmp_path))
+    monkeypatch.setenv(FAULT_KILL_ENV, "5")
+    cfg = validate_config(small_config(
+        demo_config_dict, tmp_path / "killed", run_name="killed", cluster={"num_workers": 2, "cpus_per_worker": 0.5},
+        train={"max_steps": 8, "checkpoint_every": 2, "eval_every": 8}, data={"eval_sets": []}))
+    result = train(cfg, manifest)
     assert result.metrics["resumed_from_step"] == 4 and result.metrics["step"] == 8
     for rank in (0, 1):
-        whole, killed = rows_per_step(logs["whole"], rank), rows_per_step(logs["killed"], rank)
-        assert sorted(whole) == sorted(killed) == list(range(1, 9))
-        assert killed == whole, f"rank {rank} trained on other rows after the restore"
+        expected = uninterrupted_rows(cfg, manifest, tiny_model_path, rank)
+        killed = rows_per_step(tmp_path, rank)
+        assert sorted(killed) == list(range(1, 9))
+        assert killed == expected, f"rank {rank} trained on other rows after the restore"
+    assert uninterrupted_rows(cfg, manifest, tiny_model_path, 0)[5] != uninterrupted_rows(
+        cfg, manifest, tiny_model_path, 1)[5], "the ranks stand at different places"
 
 
 def test_the_best_checkpoint_is_exported_and_kept_with_the_runs_lineage(ray_train, demo_config_dict,
