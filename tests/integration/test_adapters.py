@@ -237,7 +237,18 @@ def zero3(deepspeed_world_of_one):
     torch.nn.functional.linear = original_linear
 
 
-@pytest.mark.slow
+def zero3_engine(deepspeed, model: torch.nn.Module, zero_options: dict):
+    """A ZeRO-3 engine over the model's trainable weights with a plain torch AdamW, as the train stage builds one
+    (DeepSpeed's own AdamW on CPU would first compile its C++ extension: about a minute on a fresh machine)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "steps_per_print": 10**6,
+        "zero_allow_untested_optimizer": True, "zero_optimization": {"stage": 3, **zero_options},
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine
+
+
 @pytest.mark.parametrize(
     "adapter",
     [dict(method="lora"), dict(method="qlora", quant={"quant_storage": "float32"})],  # storage = compute dtype
@@ -248,14 +259,8 @@ def test_zero3_save_gathers_shards_and_refuses_ungathered(zero3, tiny_model_path
     model_cfg = ModelConfig(base=str(tiny_model_path))
     adapter_cfg = AdapterConfig(target_modules="qv", dropout=0.0, **adapter)
     built = build_model(model_cfg, adapter_cfg)
-    ds_config = {
-        "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "steps_per_print": 10**6,
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-        # threshold 0: partition every parameter, the small LoRA matrices too (as on a large model)
-        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-    }
-    engine, *_ = deepspeed.initialize(model=built.model, config=ds_config,
-                                      model_parameters=[p for p in built.model.parameters() if p.requires_grad])
+    # threshold 0: partition every parameter, the small LoRA matrices too (as on a large model)
+    engine = zero3_engine(deepspeed, built.model, {"stage3_param_persistence_threshold": 0})
     input_ids = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
     engine.backward(engine(input_ids=input_ids, labels=input_ids).loss)
     engine.step()
@@ -281,7 +286,6 @@ def test_zero3_save_gathers_shards_and_refuses_ungathered(zero3, tiny_model_path
     torch.testing.assert_close(logits(reloaded, batch), sharded_logits, atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
 def test_zero3_full_fine_tuning_saves_the_whole_gathered_model(zero3, tiny_model_path, tmp_path):
     deepspeed = zero3
     model_cfg = ModelConfig(base=str(tiny_model_path))
@@ -289,12 +293,7 @@ def test_zero3_full_fine_tuning_saves_the_whole_gathered_model(zero3, tiny_model
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_path))
     assert built.trainable_params == built.total_params == base.num_parameters()
     assert all(p.requires_grad for p in built.model.parameters())
-    ds_config = {
-        "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "steps_per_print": 10**6,
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},  # partition every weight
-    }
-    engine, *_ = deepspeed.initialize(model=built.model, config=ds_config, model_parameters=built.model.parameters())
+    engine = zero3_engine(deepspeed, built.model, {"stage3_param_persistence_threshold": 0})  # every weight
     assert all(p.numel() == 0 for p in engine.module.parameters())  # every weight is a ZeRO-3 shard now
     input_ids = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
     engine.backward(engine(input_ids=input_ids, labels=input_ids).loss)
@@ -365,7 +364,6 @@ def test_planned_activations_match_autograds_saved_tensors(tiny_model_path, adap
     assert shape.trainable_params == built.trainable_params
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("gradient_checkpointing", [False, True], ids=["full", "checkpointed"])
 def test_planned_step_memory_matches_measured_peak_tensor_bytes(tiny_model_path, gradient_checkpointing):
     """One real training step: the peak of the tensors it creates against gradients + optimizer + activations.
