@@ -40,6 +40,18 @@ def main(config: str, dashboard_port: int) -> None:
         for node in list(cluster.worker_nodes):
             cluster.remove_node(node)
         cluster.head_node.kill_all_processes(check_alive=False, allow_graceful=True)
+        forget_cluster_address(cluster.address)
+
+
+def forget_cluster_address(address: str) -> None:
+    """Cluster records its head in /tmp/ray/ray_current_cluster, as `ray start` does, and only `ray stop` would
+    remove it. Left there, it sends every later process that asks Ray's state API without an address (Ray
+    Train's placement-group cleaner does, at the end of every run) to wait 40 s for this dead cluster."""
+    from ray._common.utils import reset_ray_address
+    from ray._private.utils import read_ray_address
+
+    if read_ray_address() == address:
+        reset_ray_address()
 
 
 if __name__ == "__main__":
