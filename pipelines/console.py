@@ -120,7 +120,10 @@ def stop_relaying() -> None:
 
 
 def _drain(actor: Any) -> None:
-    while _relay.get("actor") is actor:
+    import ray
+
+    # after ray.shutdown a ray.get would start or join a cluster again (ray's auto-init): stop instead
+    while _relay.get("actor") is actor and ray.is_initialized():
         try:
             _print_lines(actor)
         except Exception:  # Ray shut down (end of a test session, or of the process): nothing left to show

@@ -50,10 +50,13 @@ def ray_local():
     """One local Ray cluster for the whole session (2 CPUs, no dashboard); tests share it."""
     import ray
 
+    from pipelines.console import stop_relaying
+
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
     yield ray
+    stop_relaying()  # as the CLI does: the relay's thread must not poll a cluster that is going away
     ray.shutdown()
 
 

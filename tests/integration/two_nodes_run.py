@@ -13,6 +13,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors, list_tasks
 
 from pipelines.config import load_config
+from pipelines.console import stop_relaying
 from pipelines.curate import curate
 from pipelines.train import train
 
@@ -35,6 +36,7 @@ def main(config: str, dashboard_port: int) -> None:
         print("TWO_NODES " + json.dumps({"nodes": nodes, "curation_task_nodes": sorted(curation_nodes),
                                          "train_worker_nodes": worker_nodes, "metrics": result.metrics}), flush=True)
     finally:
+        stop_relaying()  # as the CLI does: the relay's thread must not poll a cluster that is going away
         ray.shutdown()
         # Cluster.shutdown refuses the head this driver joined (its stale node handle outlives ray.shutdown)
         for node in list(cluster.worker_nodes):
