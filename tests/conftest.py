@@ -66,7 +66,7 @@ def ray_train(ray_local):
     return ray_local
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ray_train_of_its_own():
     """For a test whose command trains on a Ray cluster it starts itself, in a subprocess: nothing to set up
     here, the fixture says what the test starts so that its tier follows."""

@@ -312,6 +312,7 @@ def train_until_done(worker: Worker, state: TrainState) -> None:
                              + (f" exact_match {evaluated['eval_exact_match']:.3f}"
                                 if "eval_exact_match" in evaluated else ""))
             if checkpoint_now:
+                worker.metrics_log.flush()  # the steps a checkpoint holds are in MLflow before a rerun resumes it
                 report_checkpoint(worker.built.engine, state.metrics, state.to_dict(), worker.rank,
                                   full_model=worker.cfg.adapter.is_full)
             elif evaluate_now:

@@ -68,7 +68,7 @@ def stop_head(group: int) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=10)
+    _, alive = psutil.wait_procs(procs, timeout=3)
     for proc in alive:  # gcs_server and the raylet may outlive SIGTERM
         with contextlib.suppress(psutil.Error):
             proc.kill()

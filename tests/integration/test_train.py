@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
+from families import with_few_eval_rows
 from mlflow.tracking import MlflowClient
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -14,7 +15,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from adapters.build import quantization_config
 from pipelines.config import validate_config
 from pipelines.train import train
-from pipelines.train.driver import FAULT_KILL_ENV, TEST_HOOKS_ENV
 from pipelines.train.evaluate import evaluate
 
 
@@ -56,13 +56,14 @@ CASES = [
 
 @pytest.mark.parametrize(("method", "stage", "quant"), CASES)
 def test_two_workers_train_and_the_adapter_reloads_in_plain_peft(
-        ray_train, demo_config_dict, curated_manifest, tiny_model_path, method, stage, quant):
+        ray_train, demo_config_dict, curated_manifest, tiny_model_path, tmp_path, method, stage, quant):
     """Two workers of one CPU each fill the 2-CPU cluster, one torch thread each; the loss falls; throughput
     counts every rank's tokens over the wall time and the step's phases fit in the step; the adapter reloads in
     plain PEFT with the eval loss the run measured."""
     cfg = make_cfg(demo_config_dict, run_name=f"{method}-z{stage}", cluster={"cpus_per_worker": 1},
                    adapter={"method": method, "quant": quant}, train={"deepspeed": {"stage": stage}})
-    result = train(cfg, curated_manifest)
+    manifest = with_few_eval_rows(curated_manifest, tmp_path)
+    result = train(cfg, manifest)
 
     losses = [v for _, v in metric_history(cfg, result.mlflow_run_id, "train_loss")]
     assert len(losses) == cfg.train.max_steps
@@ -82,31 +83,9 @@ def test_two_workers_train_and_the_adapter_reloads_in_plain_peft(
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path, quantization_config=quantization_config(cfg.adapter))
     model = PeftModel.from_pretrained(base, result.adapter_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    reloaded = evaluate(model, tokenizer, eval_rows(curated_manifest), seq_len=cfg.model.max_seq_len,
+    reloaded = evaluate(model, tokenizer, eval_rows(manifest), seq_len=cfg.model.max_seq_len,
                         batch_size=cfg.train.micro_batch_size, max_new_tokens=4, generate_limit=0)
     assert reloaded["eval_loss"] == pytest.approx(result.metrics["eval_loss"], rel=1e-3)
-
-
-def test_rerunning_a_failed_run_with_the_same_name_resumes_it(ray_train, demo_config_dict, curated_manifest,
-                                                              monkeypatch, capsys):
-    """The whole run dies (no retries left) right after its step-2 checkpoint; the same command again resumes
-    there rather than starting over, continues the same MLflow run, and reads the dataset prepared the first
-    time."""
-    from pipelines.errors import StageError
-
-    cfg = make_cfg(demo_config_dict, run_name="rerun", cluster={"num_workers": 1, "max_failures": 0},
-                   train={"max_steps": 5, "checkpoint_every": 2, "eval_every": 2})
-    monkeypatch.setenv(TEST_HOOKS_ENV, "1")
-    monkeypatch.setenv(FAULT_KILL_ENV, "3")
-    with pytest.raises(StageError, match="rerun failed"):
-        train(cfg, curated_manifest)
-    monkeypatch.delenv(FAULT_KILL_ENV)
-    result = train(cfg, curated_manifest)
-    assert result.metrics["resumed_from_step"] == 2 and result.metrics["step"] == 5
-    steps = sorted({step for step, _ in metric_history(cfg, result.mlflow_run_id, "train_loss")})
-    assert steps == [1, 2, 3, 4, 5], "the rerun continues the same MLflow run from step 3"
-    prepared = [line for line in capsys.readouterr().out.splitlines() if "raylora train: prepared" in line]
-    assert len(prepared) == 1 and f"prepared {curated_manifest.num_train:,} train rows" in prepared[0]
 
 
 def test_a_manifest_pointing_at_missing_files_fails_before_workers_start(demo_config_dict, curated_manifest, tmp_path):
