@@ -15,6 +15,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev]'
+	# DeepSpeed compiles its CPU shared-memory collective on first use, about 30 s for each new environment:
+	# here, rather than in the first training run (or the first test that starts DeepSpeed)
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder; ShareMemCommBuilder().load()"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,6 @@
 """The tune stage on real Ray Tune around real Ray Train: an ASHA search with more trials than fit at once
-runs to completion on 2 CPUs (stopped trials give their CPU back), and a search whose driver was killed is
-restored without rerunning its finished trials."""
+runs to completion on 2 CPUs (stopped trials give their CPU back) and is reported when run again; a search whose
+driver was killed is restored without rerunning its finished trials (a slow variant: `make test-all`)."""
 
 from __future__ import annotations
 
@@ -51,8 +51,58 @@ def run_until(proc: subprocess.Popen, marker: str, after: str, timeout_s: float)
     raise AssertionError("the search ended before it could be killed:\n" + "".join(lines[-20:]))
 
 
-def test_an_asha_search_runs_to_the_end_and_a_killed_driver_resumes_it(ray_train, curated_by_stage, tmp_path,
-                                                                       capsys):
+def the_finished_search(workdir: Path) -> TuneResult:
+    """The search's result, trials, best trial and MLflow runs, as a finished ASHA search leaves them."""
+    result = TuneResult.read(workdir / "tune" / "search" / "tune_result.json")
+    assert len(result.trials) == len(LRS)
+    by_lr = {t["params"]["train.lr"]: t for t in result.trials}
+    stopped = [t for t in result.trials if t["stopped_early"]]
+    assert stopped, "ASHA stopped no trial"
+    assert all(t["steps"] < MAX_STEPS and t["train_result"] is None for t in stopped)
+    assert all(t["error"] is None for t in result.trials)
+    assert by_lr[3e-3]["steps"] == MAX_STEPS and not by_lr[3e-3]["stopped_early"]
+    best = result.best_trial
+    assert best["params"]["train.lr"] in (3e-3, 2e-3)
+    assert best["metrics"]["eval_loss"] == min(t["metrics"]["eval_loss"] for t in result.trials
+                                               if not t["stopped_early"])
+    train_result = TrainResult.read(result.best_train_result)
+    assert Path(train_result.adapter_path, "adapter_config.json").is_file()
+    assert train_result.config["train"]["lr"] == best["params"]["train.lr"]
+    assert all(Path(p).stat().st_size > 5_000 for p in result.plots)
+
+    # MLflow: one parent run for the search, every trial nested under it, stopped ones KILLED
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parent = client.get_run(result.mlflow_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["final_best_eval_loss"] == pytest.approx(best["metrics"]["eval_loss"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == len(LRS)
+    statuses = sorted(run.info.status for run in children)
+    assert statuses.count("KILLED") == len(stopped)
+    assert statuses.count("FINISHED") == len(LRS) - len(stopped)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    assert {"search/search_eval_loss_by_param.png", "search/search_curves.png", "search/result"} <= artifacts
+    return result
+
+
+def test_an_asha_search_runs_to_the_end_and_the_same_search_again_is_reported(ray_train, curated_by_stage,
+                                                                             tmp_path, capsys):
+    workdir = tmp_path / "work"
+    config = search_config(curated_by_stage, workdir, ray_train.get_runtime_context().gcs_address)
+    assert main(["tune", str(config)]) == EXIT_OK
+    result = the_finished_search(workdir)
+
+    # the same search again is reported, not rerun
+    assert main(["tune", str(config)]) == EXIT_OK
+    assert "already finished" in capsys.readouterr().out
+    assert json.loads((workdir / "tune" / "search" / "tune_result.json").read_text())["fingerprint"] == \
+        result.fingerprint
+
+
+@pytest.mark.slow  # the search above, killed and restored: a second search's trials
+def test_a_killed_search_driver_resumes_without_training_its_finished_trials_again(ray_train, curated_by_stage,
+                                                                                  tmp_path, capsys):
     workdir = tmp_path / "work"
     config = search_config(curated_by_stage, workdir, ray_train.get_runtime_context().gcs_address)
 
@@ -77,39 +127,4 @@ def test_an_asha_search_runs_to_the_end_and_a_killed_driver_resumes_it(ray_train
     assert f"{first} started" not in after
     assert first_results[0].stat().st_mtime_ns == written_at  # the finished trial was not trained again
 
-    result = TuneResult.read(workdir / "tune" / "search" / "tune_result.json")
-    assert len(result.trials) == len(LRS)
-    by_lr = {t["params"]["train.lr"]: t for t in result.trials}
-    stopped = [t for t in result.trials if t["stopped_early"]]
-    assert stopped, "ASHA stopped no trial"
-    assert all(t["steps"] < MAX_STEPS and t["train_result"] is None for t in stopped)
-    assert all(t["error"] is None for t in result.trials)
-    assert by_lr[3e-3]["steps"] == MAX_STEPS and not by_lr[3e-3]["stopped_early"]
-    best = result.best_trial
-    assert best["params"]["train.lr"] in (3e-3, 2e-3)
-    assert best["metrics"]["eval_loss"] == min(t["metrics"]["eval_loss"] for t in result.trials
-                                               if not t["stopped_early"])
-    train_result = TrainResult.read(result.best_train_result)
-    assert Path(train_result.adapter_path, "adapter_config.json").is_file()
-    assert train_result.config["train"]["lr"] == best["params"]["train.lr"]
-    assert all(Path(p).stat().st_size > 5_000 for p in result.plots)
-
-    # 3. MLflow: one parent run for the search, every trial nested under it, stopped ones KILLED
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    parent = client.get_run(result.mlflow_run_id)
-    assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["final_best_eval_loss"] == pytest.approx(best["metrics"]["eval_loss"])
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(children) == len(LRS)
-    statuses = sorted(run.info.status for run in children)
-    assert statuses.count("KILLED") == len(stopped)
-    assert statuses.count("FINISHED") == len(LRS) - len(stopped)
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
-    assert {"search/search_eval_loss_by_param.png", "search/search_curves.png", "search/result"} <= artifacts
-
-    # 4. the same search again is reported, not rerun
-    assert main(["tune", str(config)]) == EXIT_OK
-    assert "already finished" in capsys.readouterr().out
-    assert json.loads((workdir / "tune" / "search" / "tune_result.json").read_text())["fingerprint"] == \
-        result.fingerprint
+    the_finished_search(workdir)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 HERE = Path(__file__).parent
@@ -22,6 +23,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# a slow variant (`make test-all`): every two-worker run in `make test` spreads its workers over the processes of
+# one node; this one adds Ray's placement over two simulated nodes, at the price of a cluster of its own
+@pytest.mark.slow
 def test_curation_and_training_use_both_nodes(ray_train_of_its_own, demo_config_base, sample_data, tmp_path):
     raw = {**json.loads(json.dumps(demo_config_base)), "workdir": str(tmp_path / "work"), "run_name": "two-nodes"}
     for source in raw["data"]["sources"]:
