@@ -4,8 +4,10 @@ spreads its workers over them (issue 16).
     PYTHONPATH=$PWD python -m pytest tests/integration/test_two_nodes.py -q
 """
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,10 +44,17 @@ def test_curation_and_training_use_both_nodes(ray_train_of_its_own, demo_config_
     # RAY_ADDRESS unset: the run joins the cluster it makes, not another one on this machine
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(HERE.parents[1]), TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run([sys.executable, str(HERE / "two_nodes_run.py"), str(config), str(free_port())],
-                          capture_output=True, text=True, timeout=900, env=env, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("TWO_NODES "))[10:])
+    # in a session of its own: the cluster's daemons share its process group, stopped with it if the run dies
+    run = subprocess.Popen([sys.executable, str(HERE / "two_nodes_run.py"), str(config), str(free_port())],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = run.communicate(timeout=900)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    assert run.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    report = json.loads(next(line for line in stdout.splitlines() if line.startswith("TWO_NODES "))[10:])
     assert len(report["nodes"]) == 2
     assert set(report["curation_task_nodes"]) == set(report["nodes"])
     assert sorted(report["train_worker_nodes"]) == sorted(report["nodes"])
