@@ -161,8 +161,10 @@ def stage_working_dir(cfg: RayloraConfig, config_path: Path, staging: Path) -> s
 def job_entrypoint(config_in_job: str, overrides: list[str]) -> str:
     """``raylora run`` from the shipped project (``python -m`` runs the shipped code, not an installed copy).
     ``cluster.runtime_env={}`` last: the job's runtime_env already carries it, and Ray refuses a driver that
-    asks for the same keys again."""
-    return shlex.join(["python", "-m", "pipelines.cli", "run", config_in_job, *overrides, "cluster.runtime_env={}"])
+    asks for the same keys again. Overrides of it stay out: the entrypoint is shown to whoever lists the
+    cluster's jobs, and its env_vars hold tokens."""
+    kept = [text for text in overrides if not text.partition("=")[0].startswith("cluster.runtime_env")]
+    return shlex.join(["python", "-m", "pipelines.cli", "run", config_in_job, *kept, "cluster.runtime_env={}"])
 
 
 def relative_path_warning(cfg: RayloraConfig) -> str | None:

@@ -18,6 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipelines.config.secrets import redact
+
 RUN_NAME_TAG = "raylora.run_name"
 FINGERPRINT_TAG = "raylora.fingerprint"
 STAGE_TAG = "raylora.stage"
@@ -77,9 +79,10 @@ def open_run(tracking_uri: str, experiment: str, run_name: str, stage: str, *, f
 
 
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """``params`` (a config dict or part of one, keyed from the config's root) flattened, secrets redacted."""
     from mlflow.entities import Param
 
-    items = list(flat_params(params).items())
+    items = list(flat_params(redact(params)).items())  # whoever calls: no secret reaches the store
     for i in range(0, len(items), PARAMS_PER_BATCH):
         client(tracking_uri).log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + PARAMS_PER_BATCH]])
 

@@ -19,7 +19,7 @@ MAX_VALUE_WIDTH = 28
 def explain_config(cfg: RayloraConfig) -> str:
     """A table, one key per line: changed mark, dotted key, value, default, description."""
     rows = [["", "KEY", "VALUE", "DEFAULT", "DESCRIPTION"],
-            *_rows(type(cfg), cfg.model_dump(mode="json"), "")]
+            *_rows(type(cfg), cfg.public_dump(), "")]
     widths = [max(len(row[i]) for row in rows) for i in (0, 1)]
     widths += [min(MAX_VALUE_WIDTH, max(len(row[i]) for row in rows)) for i in (2, 3)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + f"  {row[4]}"

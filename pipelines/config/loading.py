@@ -103,4 +103,5 @@ def validate_config(raw: dict[str, Any]) -> RayloraConfig:
 
 
 def dump_config(cfg: RayloraConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML, secrets redacted."""
+    return yaml.safe_dump(cfg.public_dump(), sort_keys=False)

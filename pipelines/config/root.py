@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -12,6 +13,7 @@ from pipelines.config.data import CurateConfig, DataConfig
 from pipelines.config.model import AdapterConfig, ModelConfig
 from pipelines.config.runs import ClusterConfig, RegisterConfig, TrackingConfig, TuneConfig
 from pipelines.config.search_space import check_search_space
+from pipelines.config.secrets import redact
 from pipelines.config.train import TrainConfig
 
 # The section is called `register` as users write it; the name shadows the harmless ABC classmethod
@@ -101,6 +103,10 @@ class RayloraConfig(Section):
         if gate_set is None:
             return self.data.eval_sets[0] if self.data.eval_sets else None
         return next(p for p in self.data.eval_sets if gate_set in (p, eval_set_name(p)))
+
+    def public_dump(self) -> dict[str, Any]:
+        """The config as plain data fit to write down (MLflow, result files, the terminal): secrets redacted."""
+        return redact(self.model_dump(mode="json"))
 
     def path(self, *parts: str) -> Path:
         """A path under the run's workdir."""

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config.base import Section
+from pipelines.config.secrets import URI_PASSWORD
 
 SEARCH_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 
@@ -76,6 +77,15 @@ class GateBounds(Section):
         return self
 
 
+def no_password_in(uri: str | None) -> str | None:
+    """An MLflow URI is written into every run's record, so it must not carry a password."""
+    if uri is not None and URI_PASSWORD.search(uri):
+        raise ValueError("holds a password, which would be written wherever the config is: remove it from the URI "
+                         "and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment (and in "
+                         "cluster.runtime_env.env_vars for a job)")
+    return uri
+
+
 class RegisterConfig(Section):
     model_name: str = Field(
         "raylora-demo", description="MLflow registered model the adapter versions go under")
@@ -105,6 +115,11 @@ class RegisterConfig(Section):
     lock_wait_s: float = Field(
         900.0, gt=0.0, description="seconds a registration waits for another one's alias lock before failing")
 
+    @field_validator("registry_uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        return no_password_in(uri)
+
     @field_validator("gate_metric")
     @classmethod
     def _known_gate_metric(cls, value: str) -> str:
@@ -128,6 +143,11 @@ class TrackingConfig(Section):
         None, description="MLflow tracking URI; null is sqlite:///<workdir>/mlflow.db")
     experiment: str = Field(
         "raylora", description="MLflow experiment the runs are logged in (created if missing)")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        return no_password_in(uri)
 
 
 class ClusterConfig(Section):

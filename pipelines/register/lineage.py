@@ -78,7 +78,7 @@ def write_lineage_files(out: Path, cfg: RayloraConfig, result: TrainResult, tune
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Any] = {
         "resolved_config.json": result.config,
-        "register_config.json": cfg.model_dump(mode="json"),
+        "register_config.json": cfg.public_dump(),
         "train_result.json": result.to_dict(),
         "gate.json": gate,
         "versions.json": {"libraries": library_versions(), "git_commit": git_commit()},

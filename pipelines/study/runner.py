@@ -92,7 +92,7 @@ def search_configs(study: Study, cfg: RayloraConfig, grid: dict[str, list], seed
 
 def study_fingerprint(study: Study, configs: dict[str, tuple[RayloraConfig, RayloraConfig]]) -> str:
     payload = json.dumps([study.model_dump(mode="json"),
-                          {v: search.model_dump(mode="json") for v, (_, search) in configs.items()}], sort_keys=True)
+                          {v: search.public_dump() for v, (_, search) in configs.items()}], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

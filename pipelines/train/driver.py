@@ -93,7 +93,7 @@ def open_mlflow_run(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: 
         cfg.tracking_uri, cfg.tracking.experiment, cfg.run_name, "train", fingerprint=fingerprint.digest,
         tags={"train_hash": manifest.train_hash, "eval_hash": manifest.eval_hash, "base_model": cfg.model.base,
               "base_revision": str(cfg.model.revision), "adapter_method": cfg.adapter.method, **nested},
-        params={k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("tune", "register")})
+        params={k: v for k, v in cfg.public_dump().items() if k not in ("tune", "register")})
 
 
 def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None = None,
@@ -150,7 +150,7 @@ def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fi
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "cfg": cfg.model_dump(mode="json"),
+            "cfg": cfg.public_dump(),  # the job's env vars come through Ray, not through the workers' config
             "base_path": base_path,
             "prepared_dir": str(prepared_dir),
             "eval_paths": [str(Path(p).resolve()) for p in manifest.eval_paths] if cfg.train.eval else [],
@@ -206,7 +206,7 @@ def export_result(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fi
     train_result = TrainResult(
         run_name=cfg.run_name, adapter_path=str(adapter_path), base_model=cfg.model.base, metrics=metrics,
         checkpoint_path=exported.path, mlflow_run_id=mlflow_run_id, train_hash=manifest.train_hash,
-        eval_hash=manifest.eval_hash, fingerprint=fingerprint.digest, config=cfg.model_dump(mode="json"),
+        eval_hash=manifest.eval_hash, fingerprint=fingerprint.digest, config=cfg.public_dump(),
     )
     train_result.write(directory / TRAIN_RESULT_FILE)
     return train_result

@@ -96,7 +96,7 @@ def build_tuner(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fing
     from ray import tune
 
     trainable = tune.with_resources(
-        trial_trainable(cfg.model_dump(mode="json"), dataclasses.asdict(manifest), parent_run_id, os.getcwd()),
+        trial_trainable(cfg.public_dump(), dataclasses.asdict(manifest), parent_run_id, os.getcwd()),
         {"CPU": DRIVER_CPUS})
     storage, name = out_dir / "ray", f"search-{fingerprint.digest}"
     if tune.Tuner.can_restore(str(storage / name)):

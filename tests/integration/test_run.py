@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from planted import PLANTED_SECRET, RUNTIME_ENV_WITH_SECRET, files_holding
 
 from pipelines.cli import EXIT_OK, main
 from pipelines.config import validate_config
@@ -36,6 +37,7 @@ def small_run(ray_train, demo_config_base, sample_data, tmp_path_factory):
                         eval_max_new_tokens=4)
     raw["tune"]["enabled"] = False
     raw["register"].update(model_name="whole-pipeline", max_new_tokens=8)
+    raw["cluster"]["runtime_env"] = RUNTIME_ENV_WITH_SECRET
     config = root / "run.yaml"
     config.write_text(yaml.safe_dump(raw))
     return config, raw
@@ -68,6 +70,10 @@ def test_a_second_run_skips_every_stage_and_an_edit_reruns_only_what_it_reaches(
     client = MlflowClient(cfg.tracking_uri)
     logged = {a.path for a in client.list_artifacts(summary.adapter["mlflow_run_id"], "plots")}
     assert logged == {"plots/curation_funnel.png", "plots/training_curves.png"}
+    # the token the config hands the job is nowhere in what the run wrote: params, results, lineage, registry
+    assert files_holding(PLANTED_SECRET, cfg.path()) == []
+    assert client.get_run(summary.adapter["mlflow_run_id"]).data.params["cluster.runtime_env.env_vars.HF_TOKEN"] \
+        == "***"
 
     second = run(config, capsys)
     assert "already holds the curation of these inputs" in second

@@ -30,6 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from planted import PLANTED_SECRET, files_holding
 
 from pipelines.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 
@@ -157,11 +158,14 @@ def submitted_id(stdout: str) -> str:
     return found.group(1)
 
 
-def job_ids(head: Head) -> set[str]:
+def jobs_client(head: Head):
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(head.address, headers={"Authorization": f"Bearer {head.token}"})
-    return {job.submission_id for job in client.list_jobs()}
+    return JobSubmissionClient(head.address, headers={"Authorization": f"Bearer {head.token}"})
+
+
+def job_ids(head: Head) -> set[str]:
+    return {job.submission_id for job in jobs_client(head).list_jobs()}
 
 
 def test_an_address_where_nothing_listens_fails_within_seconds():
@@ -196,7 +200,8 @@ def test_submit_runs_the_pipeline_as_a_job_and_the_model_loads_by_alias(head, sm
                           cluster={"runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}})
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    code, out, err = raylora("submit", str(config), "train.max_steps=4", "--address", head.address)
+    secret = f"cluster.runtime_env.env_vars.HF_TOKEN={PLANTED_SECRET}"
+    code, out, err = raylora("submit", str(config), "train.max_steps=4", secret, "--address", head.address)
     job_id = submitted_id(out)
     assert code == EXIT_OK, out[-4000:] + err[-4000:]
     assert job_id.startswith("raylora-submitted-")
@@ -220,6 +225,10 @@ def test_submit_runs_the_pipeline_as_a_job_and_the_model_loads_by_alias(head, sm
     assert len(answers) == 2 and all(isinstance(answer, str) for answer in answers)
     # the artifacts lie beside the SQLite store, not in the job's scratch copy of the project
     assert list((tmp_path / "mlartifacts").rglob("adapter_model.safetensors"))
+    # the token reached the job through its runtime_env only: not in its command line, not in anything it wrote
+    info = jobs_client(head).get_job_info(job_id)
+    assert info.runtime_env["env_vars"]["HF_TOKEN"] == PLANTED_SECRET and PLANTED_SECRET not in info.entrypoint
+    assert files_holding(PLANTED_SECRET, tmp_path) == []
 
 
 def test_a_job_that_fails_reports_its_error_and_exits_1(head, small_data, tiny_model_path, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from planted import PLANTED_SECRET, RUNTIME_ENV_WITH_SECRET, files_holding
 
 from pipelines.artifacts import TrainResult, TuneResult
 from pipelines.cli import EXIT_OK, main
@@ -33,7 +34,7 @@ def search_config(curated_by_stage, workdir: Path, address: str) -> Path:
                     "micro_batch_size": 8, "eval_generate_limit": 2}
     raw["tune"] = {"enabled": True, "search": "grid", "num_samples": 1, "search_space": {"train.lr": {"grid": LRS}},
                    "scheduler": "asha", "grace_period": 1, "reduction_factor": 2}
-    raw["cluster"] = {**raw["cluster"], "address": address}
+    raw["cluster"] = {**raw["cluster"], "address": address, "runtime_env": RUNTIME_ENV_WITH_SECRET}
     path = workdir / "search.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -83,6 +84,8 @@ def the_finished_search(workdir: Path) -> TuneResult:
     assert statuses.count("FINISHED") == len(LRS) - len(stopped)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
     assert {"search/search_eval_loss_by_param.png", "search/search_curves.png", "search/result"} <= artifacts
+    # the config's token is in no trial's config, result, MLflow param or Ray Tune's own experiment state
+    assert files_holding(PLANTED_SECRET, workdir) == []
     return result
 
 

@@ -85,6 +85,13 @@ def test_the_entrypoint_is_raylora_run_with_the_overrides_quoted():
         "'cluster.runtime_env={}'")
 
 
+def test_the_entrypoint_leaves_out_overrides_of_the_runtime_env_whose_env_vars_hold_tokens():
+    # anyone who lists the cluster's jobs sees the entrypoint; the job's runtime_env carries the values
+    overrides = ["cluster.runtime_env.env_vars.HF_TOKEN=hf_x", "cluster.runtime_env={env_vars: {A: b}}", "seed=1"]
+    assert job_entrypoint("raylora-job/c.yaml", overrides) == (
+        "python -m pipelines.cli run raylora-job/c.yaml seed=1 'cluster.runtime_env={}'")
+
+
 def test_the_address_comes_from_the_flag_or_rays_variables(monkeypatch):
     assert dashboard_address("http://head:8265/") == "http://head:8265"
     monkeypatch.setenv("RAY_ADDRESS", "http://other:8265")
