@@ -30,6 +30,7 @@ from adapters.io import check_adapter_dir, is_full_model_dir
 from adapters.merge import MERGE_REPORT, merge_adapter
 from pipelines.config import AdapterConfig, ModelConfig
 from pipelines.errors import ConfigError
+from pipelines.local_files import unwritable
 
 EXPORT_FILE = "export.json"
 
@@ -64,6 +65,8 @@ def check_export_dir(out: Path, force: bool) -> None:
     if foreign:
         raise ConfigError(f"{out} holds files no export wrote ({', '.join(foreign[:3])}), and --force replaces only "
                           "an earlier export: export to a new directory")
+    if problem := unwritable(out.parent):  # the export is staged beside out, then moved into place
+        raise ConfigError(f"{out.parent} cannot be written ({problem}): export to a directory you can write")
 
 
 def write_export(out: str | Path, write: Callable[[Path], dict[str, Any] | None], *, kind: str, source: str,

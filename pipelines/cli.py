@@ -13,7 +13,7 @@
     raylora study --list                         # the studies of the field's LoRA findings, with their claims
     raylora study targets configs/demo.yaml      # one study: a Ray Tune grid, its table, plot and verdict
 
-Exit codes: 0 ok, 1 a stage failed, 2 usage or config error.
+Exit codes: 0 ok, 1 a stage failed, 2 usage or config error, 130 interrupted (Ctrl-C; a second one stops at once).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from collections.abc import Callable
 from pipelines.artifacts import curated_manifest_path, read_curated_manifest
 from pipelines.config import RayloraConfig, dump_config, load_config, parse_override
 from pipelines.console import setup_console, stop_relaying
-from pipelines.errors import ConfigError, StageError
+from pipelines.errors import ConfigError, Interrupted, StageError
+from pipelines.interrupts import EXIT_INTERRUPTED, second_interrupt_exits
+from pipelines.local_files import check_workdir
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -129,7 +131,8 @@ def cmd_run(cfg: RayloraConfig, args: argparse.Namespace) -> int:
 
 def cmd_submit(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     """``raylora run`` on a Ray cluster as one job, its logs streamed here; exits with the job's outcome (0
-    succeeded, 1 failed or stopped). An unreachable head or a missing token is exit 2, nothing submitted."""
+    succeeded, 1 failed or stopped; 130 when Ctrl-C stops the following, not the job). An unreachable head or a
+    missing token is exit 2, nothing submitted."""
     from cluster.jobs import connect, follow, relative_path_warning, submit
 
     head = connect(args.address)
@@ -142,8 +145,9 @@ def cmd_submit(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     try:
         state = follow(head.client, job_id)
     except KeyboardInterrupt:
-        print(f"\nstopped following; the job goes on (raylora jobs --address {head.address} stop {job_id})")
-        return EXIT_FAILURE
+        print(f"\nraylora submit: interrupted; stopped following, the job goes on (raylora jobs --address "
+              f"{head.address} stop {job_id})", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if state.status == "SUCCEEDED":
         print(f"job {job_id} SUCCEEDED")
         return EXIT_OK
@@ -174,30 +178,11 @@ def cmd_plan(cfg: RayloraConfig, args: argparse.Namespace) -> int:
     cache), else model.config_file when the hub cannot give it (offline, or a gated model without a token).
     """
     import json
-    from pathlib import Path
-
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     from adapters.memory import load_hf_config, plan
-    from pipelines.models import resolve_base_model
+    from pipelines.models import model_config_file
 
-    source = args.model_config
-    if source is None:
-        source = resolve_base_model(cfg.model.base)
-        if not Path(source).is_dir():
-            try:
-                source = hf_hub_download(source, "config.json", revision=cfg.model.revision)
-            except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError) as err:
-                if cfg.model.config_file is None:
-                    raise ConfigError(
-                        f"model.base={cfg.model.base} is not a local model directory, and the Hugging Face hub "
-                        f"could not give its config.json ({type(err).__name__}): set model.config_file to it "
-                        "(configs/models/ holds some) or pass --model-config") from err
-                if not Path(cfg.model.config_file).is_file():
-                    raise ConfigError(f"model.config_file={cfg.model.config_file} does not exist (paths are "
-                                      "relative to the working directory): point it at the model's config.json") from err
-                source = cfg.model.config_file
+    source = args.model_config or model_config_file(cfg.model, "or pass --model-config")
     num_gpus = args.num_gpus if args.num_gpus is not None else cfg.cluster.num_workers
     result = plan(cfg.model, cfg.adapter, cfg.train, load_hf_config(source), num_gpus=num_gpus,
                   gpu_memory_gib=args.gpu_memory_gib)
@@ -403,17 +388,26 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [*args.overrides, *leftover]
     handler = COMMANDS[args.command][0]
     try:
-        if not needs_config:
-            return handler(None, args)
-        cfg = load_config(args.config, args.overrides)
-        setup_console(cfg.path("logs", "libraries.log"))
-        return handler(cfg, args)
+        with second_interrupt_exits(args.command):
+            if not needs_config:
+                return handler(None, args)
+            cfg = load_config(args.config, args.overrides)
+            check_workdir(cfg)
+            setup_console(cfg.path("logs", "libraries.log"))
+            return handler(cfg, args)
     except ConfigError as err:
         print(f"raylora {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except StageError as err:
         print(f"raylora {args.command} failed: {err}", file=sys.stderr)
         return EXIT_FAILURE
+    except Interrupted as err:
+        print(f"\nraylora {args.command}: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"\nraylora {args.command}: interrupted; what it had finished is kept (nothing half-written replaces "
+              "it): rerun the same command to go on", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         stop_relaying()
 

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import ConfigError
+
 RELAY_NAME = "raylora-console"  # the relay actor, named in the job's namespace so workers can find it
 DRAIN_SECONDS = 0.5
 # loggers that come with a handler of their own on the terminal: Ray's (set up when Ray is imported) and Ray
@@ -174,6 +176,11 @@ def worker_failure_lines(max_failures: int) -> Any:
     """A Ray Train callback for ``RunConfig(callbacks=...)``: in the Train controller, it says one line when
     workers fail, naming the checkpoint step the run restarts from, or that no retries are left.
 
+    A ``ConfigError`` from a worker (a problem of the config or the data that only a worker could see) is
+    deterministic: retried, it fails the same way after the same start-up. The callback raises it, which Ray
+    Train does not retry (an error in a callback ends the run); the driver gets it as the ``ControllerError``'s
+    ``controller_failure``.
+
     Built here, not at import, because ``ray.train`` takes most of a second to import and the CLI imports
     this module for every command."""
     from ray.train import UserCallback
@@ -188,6 +195,9 @@ def worker_failure_lines(max_failures: int) -> Any:
                 self.checkpoint_step = int(metrics[0]["step"])
 
         def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+            deterministic = [error for error in worker_exceptions.values() if isinstance(error, ConfigError)]
+            if deterministic:
+                raise ConfigError(str(deterministic[0]))
             self.failures += 1
             # Ray's own error (a worker's death) names the cause; the others are what it did to the survivors
             rank, error = min(worker_exceptions.items(),

@@ -91,6 +91,11 @@ def fail_run(tracking_uri: str, run_id: str) -> None:
     client(tracking_uri).set_terminated(run_id, status="FAILED")
 
 
+def kill_run(tracking_uri: str, run_id: str) -> None:
+    """A run the user stopped (Ctrl-C): KILLED, as MLflow marks a run ended by its user."""
+    client(tracking_uri).set_terminated(run_id, status="KILLED")
+
+
 def finish_run(tracking_uri: str, run_id: str, *, metrics: Mapping[str, float], step: int,
                artifacts: Mapping[str, Path] | None = None) -> None:
     """Log the final metrics (as ``final_<name>``) and each ``artifact_path -> local dir or file``, then close

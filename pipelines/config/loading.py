@@ -78,7 +78,25 @@ def format_validation_error(err: ValidationError) -> str:
         else:
             msg = item["msg"].removeprefix("Value error, ")
             lines.append(f"{key}: {msg}" + (f" (got {item['input']!r})" if item["type"] != "value_error" else ""))
+    if len(lines) == 1:  # the usual case: one line
+        return f"invalid config: {lines[0]}"
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: YAML keeps the last one
+    silently, so an edit above a forgotten duplicate would change nothing."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{key_node.start_mark.name} line {line}: key {key!r} is given twice (first on "
+                                  f"line {seen[key]}): keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RayloraConfig:
@@ -87,7 +105,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Raylora
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist: pass a YAML file such as configs/demo.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        with path.open() as handle:  # the file's name goes into the marks of errors
+            raw = yaml.load(handle, Loader=UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):

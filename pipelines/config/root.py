@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.config.base import Section
 from pipelines.config.data import CurateConfig, DataConfig
@@ -29,7 +29,8 @@ def eval_set_name(path: str) -> str:
 class RayloraConfig(Section):
     run_name: str = Field(
         "demo", pattern=r"^[A-Za-z0-9_.-]+$",
-        description="names the run in MLflow and Ray Train, and its directory <workdir>/train/<run_name>")
+        description="names the run in MLflow and Ray Train, and its directory <workdir>/train/<run_name>: letters, "
+        "digits, _ . - (not . or .., which name directories that are not the run's)")
     workdir: str = Field(".raylora", description="every artifact of the run lives under here")
     seed: int = Field(0, description="seed of curation's train / eval split and of the demo sample data")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the base model")
@@ -48,6 +49,14 @@ class RayloraConfig(Section):
         default_factory=TrackingConfig, description="MLflow tracking")
     cluster: ClusterConfig = Field(
         default_factory=ClusterConfig, description="the Ray cluster and its workers' resources")
+
+    @field_validator("run_name")
+    @classmethod
+    def _names_a_directory_of_its_own(cls, name: str) -> str:
+        if set(name) == {"."}:
+            raise ValueError(f"run_name={name} would name the directory above the runs, not a run's own: use "
+                             "letters or digits, e.g. run_name=demo")
+        return name
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RayloraConfig:

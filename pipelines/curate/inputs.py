@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pipelines.artifacts import MANIFEST_FILE, DatasetManifest
 from pipelines.config import RayloraConfig
-from pipelines.curate.readers import HF_PREFIX, expand_source
+from pipelines.curate.readers import FILE_EXTENSIONS, HF_PREFIX, expand_source
+from pipelines.errors import ConfigError
 from pipelines.fingerprint import Fingerprint, curate_fingerprint
+from pipelines.local_files import check_base_model, check_eval_sets, is_local, relative_hint
 
 READ_BYTES = 1 << 20
 
@@ -19,6 +22,34 @@ def file_digest(path: str) -> str:
         while block := handle.read(READ_BYTES):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_local_inputs(cfg: RayloraConfig) -> None:
+    """Before any Ray work: every local source names files of a type curation reads, every eval set exists,
+    and a local model.base holds a model and its tokenizer (curation counts tokens with it)."""
+    for index, source in enumerate(cfg.data.sources):
+        path, key = source.path, f"data.sources[{index}].path"
+        if not is_local(path):
+            continue
+        if any(char in path for char in "*?["):
+            files = sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file())
+            if not files:
+                raise ConfigError(f"{key}={path} matches no file{relative_hint(path)}: fix the pattern")
+        elif Path(path).is_dir():
+            raise ConfigError(f"{key}={path} is a directory: name its files with a glob, e.g. {path.rstrip('/')}/*.jsonl")
+        elif not Path(path).is_file():
+            raise ConfigError(f"{key}={path} does not exist{relative_hint(path)}: fix the path")
+        else:
+            files = [path]
+        for file in files:
+            suffix = PurePosixPath(file).suffix.lower()
+            if suffix not in FILE_EXTENSIONS:
+                fix = f"decompress it first (e.g. gunzip -k {file})" if suffix in (".gz", ".bz2", ".xz", ".zst") \
+                    else "convert it to one of those"
+                raise ConfigError(f"{key}: {file} is not a file type curation reads ({', '.join(FILE_EXTENSIONS)}): "
+                                  f"{fix}")
+    check_eval_sets(cfg)
+    check_base_model(cfg)
 
 
 def input_fingerprint(cfg: RayloraConfig) -> tuple[Fingerprint | None, str]:

@@ -52,7 +52,7 @@ from pipelines.curate.dedup import (
 )
 from pipelines.curate.embeddings import embedding_model_path
 from pipelines.curate.formats import ROW_SCHEMA
-from pipelines.curate.inputs import finished_output, input_fingerprint
+from pipelines.curate.inputs import check_local_inputs, finished_output, input_fingerprint
 from pipelines.curate.kept_rows import kept_columns, key_matrix, scan_kept, shingle_sets, without_ids
 from pipelines.curate.output_dir import check_replaceable, moved, swap_in
 from pipelines.curate.raydata import (
@@ -156,10 +156,11 @@ class Accounts:
             totals[reason] += count
         return dict(sorted(totals.items()))
 
-    def per_source(self, kept_by_source: dict[str, int]) -> dict[str, dict[str, int]]:
-        """Read, kept and dropped rows of each source; fails unless read = kept + dropped for every one."""
+    def per_source(self, kept_by_source: dict[str, int], names: list[str]) -> dict[str, dict[str, int]]:
+        """Read, kept and dropped rows of each source (``names``: every configured one, an empty one too); fails
+        unless read = kept + dropped for every one."""
         counts: dict[str, dict[str, int]] = {}
-        for source, read in sorted(self.read_by_source.items()):
+        for source, read in sorted({**dict.fromkeys(names, 0), **self.read_by_source}.items()):
             kept = kept_by_source.get(source, 0)
             lost = sum(n for (src, _), n in self.dropped_by_source_reason.items() if src == source)
             counts[source] = {"read": read, "kept": kept, "dropped": lost}
@@ -179,6 +180,7 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False,
     """
     import ray
 
+    check_local_inputs(cfg)
     out = cfg.path(cfg.curate.output_dir)
     fingerprint, unhashable = input_fingerprint(cfg)
     if reuse and (done := finished_output(out, fingerprint)):
@@ -217,7 +219,22 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False,
         print(format_report(accounts.num_read, accounts.num_kept, accounts.dropped_by_reason, accounts.examples,
                             accounts.repeated_user_ids))
         print(format_filter_seconds(read.filter_seconds, accounts.num_read))
+        for line in source_warnings(manifest.per_source, accounts.dropped_by_source_reason):
+            print(line)
     return manifest
+
+
+def source_warnings(per_source: dict[str, dict[str, int]], dropped: Counter[tuple[str, ...]]) -> list[str]:
+    """One line for each source that gave nothing: empty, or every row dropped (its commonest reason named)."""
+    lines = []
+    for source, counts in per_source.items():
+        if counts["read"] == 0:
+            lines.append(f"warning: source {source} holds no rows: check its data.sources[].path")
+        elif counts["kept"] == 0:
+            reason = max(((n, r) for (src, r), n in dropped.items() if src == source), default=(0, "?"))[1]
+            lines.append(f"warning: source {source}: all {counts['read']} rows were dropped, most as {reason}: "
+                         "check the file and its data.sources[].format")
+    return lines
 
 
 @contextmanager
@@ -361,6 +378,9 @@ def account(read_files: list[str], rows: Rows, dropped_dir: Path, seed: int) -> 
                         dropped_by_source_reason=count_by(dropped_files, ["source", "reason"]),
                         dropped_files=dropped_files, examples=drop_examples(dropped_files),
                         kept=kept_keys(rows, seed), repeated_user_ids=repeated_values(read_files, "user_id"))
+    if accounts.num_read == 0:
+        raise ConfigError("the sources hold no rows (every file of data.sources is empty): point data.sources at "
+                          "files with rows")
     if accounts.num_kept == 0:
         raise StageError("every row was dropped; nothing to train on. Relax curate.* or check the sources:\n"
                          + format_report(accounts.num_read, 0, accounts.dropped_by_reason, accounts.examples))
@@ -413,7 +433,7 @@ def write_splits(cfg: RayloraConfig, rows: Rows, accounts: Accounts, out: Path) 
         train_paths=train_files, eval_paths=eval_files, dropped_paths=accounts.dropped_files,
         num_read=accounts.num_read, num_train=num_kept - num_eval, num_eval=num_eval,
         num_dropped=sum(accounts.dropped_by_reason.values()), dropped_by_reason=accounts.dropped_by_reason,
-        per_source=accounts.per_source(kept_by_source),
+        per_source=accounts.per_source(kept_by_source, [source_name(s, i) for i, s in enumerate(cfg.data.sources)]),
         train_hash=digest_hash(kept.digests.filter(pc.invert(in_eval))),
         eval_hash=digest_hash(kept.digests.filter(in_eval)),
         config={"data": cfg.data.model_dump(mode="json"), "curate": cfg.curate.model_dump(mode="json")},

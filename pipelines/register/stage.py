@@ -86,20 +86,29 @@ def read_source(path: Path) -> Source:
 
 
 def find_source(cfg: RayloraConfig, given: str | Path | None = None) -> Source:
-    """``given``, else the newer of the search's TuneResult and the TrainResult of the latest train run, both
-    under ``run_name``."""
+    """``given``, else the newest finished result under ``run_name``: the search's TuneResult or a train run's
+    TrainResult. A newer run that has not finished (failed, interrupted, still running) is named in one line,
+    not taken: ``last_run.json`` names the latest run started, not the latest adapter."""
     if given is not None:
         return read_source(Path(given))
-    candidates = [tune_result_path(cfg)]
-    last_run = cfg.path("train", cfg.run_name, LAST_RUN_FILE)
+    runs = cfg.path("train", cfg.run_name)
+    found = [path for path in [tune_result_path(cfg), *runs.glob(f"*/{TRAIN_RESULT_FILE}")] if path.is_file()]
+    last_run = runs / LAST_RUN_FILE
+    unfinished = None
     if last_run.is_file():
         fingerprint = json.loads(last_run.read_text())["fingerprint"]
-        candidates.append(cfg.path("train", cfg.run_name, fingerprint, TRAIN_RESULT_FILE))
-    found = [path for path in candidates if path.is_file()]
+        if not (runs / fingerprint / TRAIN_RESULT_FILE).is_file():
+            unfinished = fingerprint
     if not found:
-        raise ConfigError(f"no trained adapter for run_name={cfg.run_name} under {cfg.workdir}: run `raylora train` "
-                          "or `raylora tune` with this config first, or pass --from PATH")
-    return read_source(max(found, key=lambda path: path.stat().st_mtime))
+        started = f" (run {unfinished} started but has not finished: rerun `raylora train` to resume it)" \
+            if unfinished else ""
+        raise ConfigError(f"no trained adapter for run_name={cfg.run_name} under {cfg.workdir}{started}: run "
+                          "`raylora train` or `raylora tune` with this config first, or pass --from PATH")
+    newest = max(found, key=lambda path: path.stat().st_mtime)
+    if unfinished is not None and last_run.stat().st_mtime > newest.stat().st_mtime:
+        print(f"raylora register: the latest run of {cfg.run_name} ({unfinished}) has not finished (it failed, was "
+              f"interrupted or is running); registering the newest finished one, {newest}", flush=True)
+    return read_source(newest)
 
 
 def trained_config(result: TrainResult, path: Path) -> RayloraConfig:

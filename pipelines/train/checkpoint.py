@@ -34,6 +34,12 @@ def save_checkpoint(engine: Any, out_dir: Path, state: dict[str, Any], rank: int
     (out_dir / train_state_file(rank)).write_text(json.dumps(state, indent=2))
 
 
+def latest_checkpoint_step(run_storage: Path) -> int | None:
+    """The step of the newest checkpoint Ray Train keeps under ``run_storage`` (None before the first)."""
+    steps = [json.loads(path.read_text()).get("step") for path in run_storage.glob(f"checkpoint_*/{train_state_file(0)}")]
+    return max((step for step in steps if isinstance(step, int)), default=None)
+
+
 def load_checkpoint(engine: Any, ckpt_dir: Path, rank: int) -> dict[str, Any]:
     """Restore the engine from ``ckpt_dir``; returns this rank's saved train state."""
     engine.load_checkpoint(str(ckpt_dir), tag=CHECKPOINT_TAG, load_module_strict=False,

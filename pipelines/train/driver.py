@@ -23,17 +23,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cluster.resources import check_resources, waiting_lines
 from cluster.runtime_env import ensure_ray
 from pipelines import tracking
 from pipelines.artifacts import DatasetManifest, TrainResult
 from pipelines.config import RayloraConfig
 from pipelines.console import relay_worker_lines, worker_failure_lines
-from pipelines.errors import ConfigError, StageError
+from pipelines.errors import ConfigError, Interrupted, StageError
 from pipelines.fingerprint import Fingerprint, record_last_run, train_fingerprint
+from pipelines.interrupts import in_a_thread
+from pipelines.local_files import check_base_model, check_eval_sets
 from pipelines.models import resolve_base_model
-from pipelines.train.checkpoint import ADAPTER_DIR
-from pipelines.train.preflight import check_inputs, check_something_to_evaluate
-from pipelines.train.prepared import prepare_dataset
+from pipelines.train.checkpoint import ADAPTER_DIR, latest_checkpoint_step
+from pipelines.train.preflight import check_eval_rows_fit, check_inputs, check_something_to_evaluate
+from pipelines.train.prepared import check_rows_fit, prepare_dataset
 from pipelines.train.worker import train_loop_per_worker
 
 # Test-only hooks, read only when TEST_HOOKS_ENV=1, which no user's run sets:
@@ -54,6 +57,13 @@ def read_test_hooks() -> dict[str, Any]:
     kill_at, spoil_at = os.environ.get(FAULT_KILL_ENV), os.environ.get(FAULT_SPOIL_ENV)
     return {"kill_at_step": int(kill_at) if kill_at else None, "spoil_at_step": int(spoil_at) if spoil_at else None,
             "row_log_dir": os.environ.get(ROW_LOG_ENV)}
+
+
+def remember_run(cfg: RayloraConfig, fingerprint: Fingerprint) -> None:
+    """Record the run as run_name's latest, saying what changed since the one before."""
+    changed = record_last_run(cfg.path("train", cfg.run_name), fingerprint)
+    if changed:
+        print(f"raylora train: {cfg.run_name}: {changed}", flush=True)
 
 
 def run_dir(cfg: RayloraConfig, fingerprint: Fingerprint) -> Path:
@@ -103,32 +113,59 @@ def train(cfg: RayloraConfig, manifest: DatasetManifest, callbacks: list | None 
     Called by ``raylora train`` and by Ray Tune trials; every metric also goes through ``ray.train.report``.
     ``callbacks`` go to ``RunConfig(callbacks=...)``: a Tune trial passes Ray's ``TuneReportCallback`` so the
     workers' reports reach the trial, and ``parent_run_id`` nests the trial's MLflow run under the search's."""
+    check_base_model(cfg)
+    if cfg.train.eval:
+        check_eval_sets(cfg)
     base_path = resolve_base_model(cfg.model.base)
     check_inputs(cfg, manifest, base_path)
     check_something_to_evaluate(cfg, manifest)
     eval_sets = read_eval_sets(cfg.data.eval_sets) if cfg.train.eval else {}
     fingerprint = train_fingerprint(cfg, manifest.data_hashes)
-    changed = record_last_run(cfg.path("train", cfg.run_name), fingerprint)
-    if changed:
-        print(f"raylora train: {cfg.run_name}: {changed}", flush=True)
     finished = run_dir(cfg, fingerprint) / TRAIN_RESULT_FILE
     if finished.is_file():
+        remember_run(cfg, fingerprint)
         result = TrainResult.read(finished)
         print(f"raylora train: {cfg.run_name} ({fingerprint.digest}) already finished at step "
               f"{result.metrics.get('step', 0):.0f}; its adapter: {result.adapter_path}", flush=True)
         return result
     prepared_dir = prepare_dataset(cfg, manifest, base_path)  # tokenised once; every run and trial reads it
+    check_rows_fit(cfg, prepared_dir)
+    if cfg.train.eval:
+        check_eval_rows_fit(cfg, manifest, eval_sets, base_path)
     ensure_ray(cfg)
+    check_resources(cfg, "training")
+    remember_run(cfg, fingerprint)  # after the checks: a run refused before it starts is no one's latest run
     relay_worker_lines()  # rank 0's progress lines reach this terminal
     mlflow_run_id = open_mlflow_run(cfg, manifest, fingerprint, parent_run_id)
     trainer = build_trainer(cfg, manifest, fingerprint, base_path, prepared_dir, eval_sets, mlflow_run_id,
                             [*(callbacks or []), worker_failure_lines(cfg.cluster.max_failures)])
     try:
-        result = trainer.fit()
+        with waiting_lines():
+            result = in_a_thread(trainer.fit, "raylora-train")
+    except KeyboardInterrupt:
+        tracking.kill_run(cfg.tracking_uri, mlflow_run_id)
+        storage = ray_storage(cfg)
+        step = latest_checkpoint_step(storage / ray_run_name(cfg, fingerprint)) if isinstance(storage, Path) else None
+        where = f"its step-{step} checkpoint" if step is not None else "its latest checkpoint, if it made one"
+        raise Interrupted(f"interrupted; rerun the same command to resume run {cfg.run_name} ({fingerprint.digest}) "
+                          f"from {where}") from None
     except Exception as err:
         tracking.fail_run(cfg.tracking_uri, mlflow_run_id)
+        # a worker's ConfigError ends the run unretried (console.worker_failure_lines): a usage error, exit 2
+        if isinstance(failure := getattr(err, "controller_failure", None), ConfigError):
+            raise ConfigError(str(failure)) from None
         raise StageError(f"training run {cfg.run_name} failed: {err}") from err
     return export_result(cfg, manifest, fingerprint, result, mlflow_run_id)
+
+
+def ray_storage(cfg: RayloraConfig) -> Path | str:
+    """Ray Train's storage: a URI (s3://, gs://) as given, a local path made absolute."""
+    storage = cfg.cluster.storage_path or cfg.path("ray_results")
+    return str(storage) if "://" in str(storage) else Path(storage).resolve()
+
+
+def ray_run_name(cfg: RayloraConfig, fingerprint: Fingerprint) -> str:
+    return f"{cfg.run_name}-{fingerprint.digest}"
 
 
 def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fingerprint, base_path: str,
@@ -141,9 +178,6 @@ def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fi
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage = cfg.cluster.storage_path or cfg.path("ray_results")
-    if "://" not in str(storage):  # a URI (s3://, gs://) goes to Ray as given; a local path made absolute
-        storage = Path(storage).resolve()
     worker_env = {"TOKENIZERS_PARALLELISM": "false"}
     if not cfg.cluster.use_gpu:
         worker_env["DS_ACCELERATOR"] = "cpu"
@@ -165,7 +199,7 @@ def build_trainer(cfg: RayloraConfig, manifest: DatasetManifest, fingerprint: Fi
             placement_strategy=cfg.cluster.placement_strategy,
         ),
         run_config=RunConfig(
-            name=f"{cfg.run_name}-{fingerprint.digest}", storage_path=str(storage),
+            name=ray_run_name(cfg, fingerprint), storage_path=str(ray_storage(cfg)),
             failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
             # kept: the best by eval loss, or the latest when nothing is evaluated
             checkpoint_config=CheckpointConfig(

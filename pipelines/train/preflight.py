@@ -4,6 +4,7 @@ never as a Ray traceback from inside a worker.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,39 @@ def check_chat_template(cfg: RayloraConfig, manifest: DatasetManifest, base_path
     first = next(pq.ParquetFile(manifest.train_paths[0]).iter_batches(batch_size=rows, columns=["messages"]), None)
     for messages in [PROBE, *(first.column("messages").to_pylist() if first is not None else [])]:
         tokenize_chat(messages, tokenizer, cfg.train.train_on_responses_only)
+
+
+def check_eval_rows_fit(cfg: RayloraConfig, manifest: DatasetManifest, eval_sets: dict[str, list[dict]],
+                        base_path: str) -> None:
+    """Each eval set, and the held-out split, has a conversation with an answer token within
+    ``model.max_seq_len``; otherwise its eval loss is over zero tokens, which a worker finds only after Ray has
+    started it. Stops at the first row that fits: usually the first."""
+    import pyarrow.parquet as pq
+
+    from adapters.build import load_tokenizer
+    from pipelines.train.data import tokenize_chat
+    from pipelines.train.prepared import trainable_length
+
+    def held_out() -> Iterator[list[dict]]:
+        for path in manifest.eval_paths:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["messages"]):
+                yield from batch.column("messages").to_pylist()
+
+    tokenizer = load_tokenizer(cfg.model.model_copy(update={"base": base_path}))
+    responses_only, limit = cfg.train.train_on_responses_only, cfg.model.max_seq_len
+    named = {f"eval set {name}": (row["messages"] for row in rows) for name, rows in eval_sets.items()
+             if not any("text" in row for row in rows)}  # a plain-text row counts every token: it always fits
+    for name, conversations in {"the held-out split": held_out(), **named}.items():
+        needed = []
+        for messages in conversations:
+            length = trainable_length(tokenize_chat(messages, tokenizer, responses_only))
+            if length is not None and length <= limit:
+                break
+            needed += [length] if length is not None else []
+        else:
+            if needed:
+                raise ConfigError(f"{name} has no answer token within model.max_seq_len={limit} (its "
+                                  f"shortest needs {min(needed)}): set model.max_seq_len={min(needed)} or more")
 
 
 def check_something_to_evaluate(cfg: RayloraConfig, manifest: DatasetManifest) -> None:

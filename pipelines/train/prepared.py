@@ -8,7 +8,9 @@ any worker starts, into ``<workdir>/prepared/<key>/``:
 
     train.arrow      Arrow IPC, one row per curated train row in the curated order: id, input_ids, labels,
                      shard_key (the id's stable hash, so a rank picks its rows without hashing every id)
-    prepared.json    what the key was made of, row and token counts
+    prepared.json    what the key was made of, row and token counts, and ``shortest_trainable_length``: the
+                     fewest tokens a block may hold for some row to keep an answer token (the driver refuses
+                     a ``model.max_seq_len`` below it, before any worker starts)
 
 An Arrow IPC file is memory-mapped by every worker on a machine (one copy in the page cache, nothing decoded).
 The key hashes what changes the tokens: the curated train data's hash, the tokenizer by content (vocabulary,
@@ -39,12 +41,21 @@ import pyarrow as pa
 
 from pipelines.artifacts import DatasetManifest
 from pipelines.config import RayloraConfig
-from pipelines.train.data import Example, PackingStats, packed_batches, shard_key, shuffled, tokenize_chat
+from pipelines.errors import ConfigError
+from pipelines.train.data import (
+    IGNORE_INDEX,
+    Example,
+    PackingStats,
+    packed_batches,
+    shard_key,
+    shuffled,
+    tokenize_chat,
+)
 
 PREPARED_DIR = "prepared"
 PREPARED_FILE = "train.arrow"
 PREPARED_MANIFEST = "prepared.json"
-PREPARED_FORMAT = 1  # bump when the file's layout or the tokenisation changes: every key changes with it
+PREPARED_FORMAT = 2  # bump when the file's layout or the tokenisation changes: every key changes with it
 SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
                     ("shard_key", pa.uint64())])
 WRITE_BATCH_ROWS = 1024
@@ -107,6 +118,7 @@ def write_prepared(path: Path, train_paths: list[str], tokenizer: Any, responses
     import pyarrow.parquet as pq
 
     rows = tokens = 0
+    shortest = None
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
         for train_path in train_paths:
             for batch in pq.ParquetFile(train_path).iter_batches(batch_size=WRITE_BATCH_ROWS,
@@ -121,7 +133,30 @@ def write_prepared(path: Path, train_paths: list[str], tokenizer: Any, responses
                 ], schema=SCHEMA))
                 rows += len(examples)
                 tokens += sum(len(e.input_ids) for e in examples)
-    return {"rows": rows, "tokens": tokens}
+                shortest = min([n for n in [shortest, *map(trainable_length, examples)] if n is not None], default=None)
+    return {"rows": rows, "tokens": tokens, "shortest_trainable_length": shortest}
+
+
+def trainable_length(example: Example) -> int | None:
+    """The fewest tokens a block may hold for ``example`` to keep an answer token: the whole row, or up to its
+    first answer token when that comes sooner (None: the row has no answer token at all)."""
+    first_answer = next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), None)
+    return None if first_answer is None else min(len(example.input_ids), first_answer + 1)
+
+
+def check_rows_fit(cfg: RayloraConfig, directory: Path) -> None:
+    """Found by the driver from the prepared rows' counts, not by every worker after Ray has started them:
+    ``model.max_seq_len`` keeps an answer token of at least one row, and there are rows enough for one optimizer
+    step on every rank (a block holds at least one row; a rank's exact share is known only to the rank)."""
+    prepared = json.loads((directory / PREPARED_MANIFEST).read_text())
+    shortest = prepared["shortest_trainable_length"]
+    if shortest is not None and cfg.model.max_seq_len < shortest:
+        raise ConfigError(f"model.max_seq_len={cfg.model.max_seq_len} cuts the answer off every train row (the "
+                          f"shortest needs {shortest} tokens): set model.max_seq_len={shortest} or more")
+    per_step = cfg.cluster.num_workers * cfg.train.micro_batch_size * cfg.train.grad_accum
+    if prepared["rows"] < per_step:
+        raise ConfigError(f"{prepared['rows']} train rows cannot fill one step of cluster.num_workers x "
+                          f"train.micro_batch_size x train.grad_accum = {per_step} blocks: lower one of those")
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch
 
 from pipelines.config import RayloraConfig
 from pipelines.console import say
-from pipelines.errors import StageError
+from pipelines.errors import ConfigError
 from pipelines.tracking import MetricLogger
 from pipelines.train.checkpoint import load_checkpoint, report_checkpoint
 from pipelines.train.data import IGNORE_INDEX, PackingStats, grouped, read_rows, truncation_metrics
@@ -124,8 +124,8 @@ def steps_per_epoch(rows: PreparedRows, cfg: RayloraConfig, rank: int, world_siz
     if dist.is_initialized() and world_size > 1:
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
     if count.item() == 0:
-        raise StageError(f"rank {rank} has too little data for one step: lower train.micro_batch_size or "
-                         "train.grad_accum, or use fewer cluster.num_workers")
+        raise ConfigError(f"rank {rank} has too little data for one step: lower train.micro_batch_size or "
+                          "train.grad_accum, or use fewer cluster.num_workers")
     return int(count.item())
 
 
@@ -182,8 +182,8 @@ class Worker:
                               generate_limit=t.eval_generate_limit, responses_only=t.train_on_responses_only,
                               rank=self.rank, world_size=self.world_size, synced=t.deepspeed.stage == 3)
             if "eval_loss" not in result:  # a metric over zero tokens is no number
-                raise StageError(f"eval set {name or '(held-out split)'} has no answer token within "
-                                 f"model.max_seq_len={self.cfg.model.max_seq_len}: raise model.max_seq_len")
+                raise ConfigError(f"eval set {name or '(held-out split)'} has no answer token within "
+                                  f"model.max_seq_len={self.cfg.model.max_seq_len}: raise model.max_seq_len")
             if name != HELD_OUT:
                 metrics.update({f"eval/{name}/{k.removeprefix('eval_')}": v for k, v in result.items()})
             if "eval_loss" not in metrics:
@@ -323,6 +323,6 @@ def train_until_done(worker: Worker, state: TrainState) -> None:
                 return
             window.pause(time.perf_counter() - paused_at)  # evaluation and checkpoints are not step time
         if fresh_epoch and not produced:
-            raise StageError(f"rank {worker.rank} got no full batch from the train data: "
-                             "lower train.micro_batch_size")
+            raise ConfigError(f"rank {worker.rank} got no full batch from the train data: "
+                              "lower train.micro_batch_size")
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0

@@ -24,12 +24,14 @@ from typing import Any
 
 from ray.tune import Callback
 
+from cluster.resources import check_resources
 from cluster.runtime_env import ensure_ray
 from pipelines import tracking
 from pipelines.artifacts import DatasetManifest, TuneResult, tune_result_path
 from pipelines.config import RayloraConfig
-from pipelines.errors import ConfigError, StageError
+from pipelines.errors import ConfigError, Interrupted, StageError
 from pipelines.fingerprint import Fingerprint, flatten, train_fingerprint
+from pipelines.interrupts import in_a_thread
 from pipelines.tune.report import plot_search, trial_table
 from pipelines.tune.space import DRIVER_CPUS, scheduler, search_algorithm, trial_count, trials_at_once
 from pipelines.tune.trial import TRAIN_RESULT_KEY, trial_trainable
@@ -64,16 +66,21 @@ def tune(cfg: RayloraConfig, manifest: DatasetManifest) -> TuneResult:
                 f"{earlier.best_trial['trial_id']}, its TrainResult: {earlier.best_train_result}")
             return earlier
     ensure_ray(cfg)
+    check_resources(cfg, "each search trial", extra={"CPU": DRIVER_CPUS})
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0: no tables
     parent_run_id = tracking.open_run(
         cfg.tracking_uri, cfg.tracking.experiment, cfg.run_name, "tune", fingerprint=fingerprint.digest,
         tags={"train_hash": manifest.train_hash, "eval_hash": manifest.eval_hash, "base_model": cfg.model.base},
         params={"tune": cfg.tune.model_dump(mode="json")})
     try:
-        grid = build_tuner(cfg, manifest, fingerprint, out_dir, parent_run_id).fit()
+        grid = in_a_thread(build_tuner(cfg, manifest, fingerprint, out_dir, parent_run_id).fit, "raylora-tune")
         check_finished(grid, trial_count(cfg))
         trials, curves = collect_trials(grid, cfg.tune.metric)
         best = best_trial(trials, cfg.tune.metric, cfg.tune.mode)
+    except KeyboardInterrupt:
+        tracking.kill_run(cfg.tracking_uri, parent_run_id)
+        raise Interrupted(f"interrupted; rerun the same command to restore search {cfg.run_name} "
+                          f"({fingerprint.digest}): finished trials are kept, the others resume") from None
     except Exception:
         tracking.fail_run(cfg.tracking_uri, parent_run_id)
         raise

@@ -44,10 +44,12 @@ QUANT_ZERO3 = {"compute_dtype": "float32", "quant_storage": "float32"}
 # Each method under each ZeRO stage it changes: plain LoRA is not in the table because LoRA under ZeRO-2 is the
 # default every other training test runs (test_console, test_honest_runs, test_run), and DoRA under ZeRO-3 is
 # LoRA's ZeRO-3 path plus the magnitude vector (test_adapters also gathers a LoRA adapter's ZeRO-3 shards).
-# `make test` runs QLoRA under ZeRO-2 and DoRA under ZeRO-3; the other two are slow variants because the recipes'
-# CPU runs (test_recipes) train them too: QLoRA under ZeRO-3 (llama-3.1-8b-qlora), DoRA under ZeRO-2 (mistral-7b-dora)
+# `make test` runs DoRA under ZeRO-3; the other three are slow variants because the recipes' CPU runs
+# (test_recipes) train them on two workers too: QLoRA under ZeRO-3 (llama-3.1-8b-qlora), DoRA under ZeRO-2
+# (mistral-7b-dora), and test_adapters saves and reloads QLoRA adapters in plain PEFT; QLoRA under ZeRO-2 is the
+# slowest of the table (4-bit matmuls on CPU, about 60 s)
 CASES = [
-    pytest.param("qlora", 2, {}, id="qlora-zero2"),
+    pytest.param("qlora", 2, {}, id="qlora-zero2", marks=pytest.mark.slow),
     pytest.param("qlora", 3, QUANT_ZERO3, id="qlora-zero3", marks=pytest.mark.slow),
     pytest.param("dora", 2, {}, id="dora-zero2", marks=pytest.mark.slow),
     pytest.param("dora", 3, {}, id="dora-zero3"),
