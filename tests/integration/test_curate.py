@@ -12,7 +12,7 @@ import yaml
 
 from pipelines.artifacts import DatasetManifest
 from pipelines.bench.curate_quality import quality_table
-from pipelines.cli import EXIT_FAILURE, main
+from pipelines.cli import EXIT_USAGE, main
 from pipelines.config import validate_config
 from pipelines.curate import OUTPUT_SCHEMA, curate
 from pipelines.errors import StageError
@@ -76,11 +76,11 @@ def test_everything_dropped_fails_with_the_reason_table(ray_local, demo_config_d
     assert "empty_answer" in str(failure.value) and "malformed" in str(failure.value)
 
 
-def test_a_source_that_cannot_be_opened_fails_the_job_naming_it(ray_local, demo_config_dict, tmp_path, capsys):
+def test_a_source_that_does_not_exist_is_a_config_error_naming_it(ray_local, demo_config_dict, tmp_path, capsys):
     missing = tmp_path / "nowhere" / "data.jsonl"
     demo_config_dict["data"]["sources"].append({"path": str(missing)})
-    assert main(["curate", _write_config(demo_config_dict, tmp_path)]) == EXIT_FAILURE
-    assert str(missing) in capsys.readouterr().err
+    assert main(["curate", _write_config(demo_config_dict, tmp_path)]) == EXIT_USAGE
+    assert f"data.sources[3].path={missing} does not exist" in capsys.readouterr().err
 
 
 def _head(path, lines, tmp_path):

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pipelines.artifacts import DatasetManifest
-from pipelines.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
+from pipelines.cli import EXIT_OK, EXIT_USAGE, main
 from pipelines.config import validate_config
 from pipelines.curate import curate
 from pipelines.errors import ConfigError, StageError
@@ -139,8 +139,8 @@ def test_a_failed_curation_leaves_the_last_good_output_as_it_was(curated, tmp_pa
                quiet=True)
     missing = configured(curated.raw, curated.workdir, [*curated.raw["data"]["sources"],
                                                         {"path": str(tmp_path / "nowhere.jsonl")}])
-    assert main(["curate", write_config(missing, tmp_path / "missing.yaml")]) == EXIT_FAILURE
-    assert "nowhere.jsonl" in capsys.readouterr().err
+    assert main(["curate", write_config(missing, tmp_path / "missing.yaml")]) == EXIT_USAGE
+    assert "nowhere.jsonl does not exist" in capsys.readouterr().err
     assert snapshot(curated.workdir) == before  # no staging left behind either
 
 
