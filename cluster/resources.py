@@ -47,9 +47,12 @@ def autoscales() -> bool:
     from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
-    if is_autoscaler_v2(fetch_from_server=True):
+    try:
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+        status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+    except Exception:  # a Ray Client connection (ray://) has no GCS client: unknown, so refuse nothing
         return True
-    status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
     if status is None:
         return False
     mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {}

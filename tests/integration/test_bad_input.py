@@ -165,3 +165,25 @@ def test_a_problem_only_a_worker_sees_ends_the_run_at_once_with_exit_2(world, ra
     runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
                               filter_string="tags.`mlflow.runName` LIKE 'packed-too-few%'")
     assert [run.info.status for run in runs] == ["FAILED"]
+
+
+def test_a_run_that_waits_for_resources_says_what_it_waits_for_at_each_interval(ray_local, capsys):
+    # possible but not now (here: another placement group holds both CPUs): the run waits, and says so
+    import time
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from cluster.resources import waiting_lines
+
+    holder = placement_group([{"CPU": 2}])
+    ray_local.get(holder.ready(), timeout=60)
+    waiting = placement_group([{"CPU": 1}, {"CPU": 1}])
+    try:
+        with waiting_lines(every_s=1.0):
+            time.sleep(2.5)
+    finally:
+        remove_placement_group(waiting)
+        remove_placement_group(holder)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and lines[0] == ("raylora: waiting 1s for the cluster to place 2 worker(s): 2 CPU (free now 0); "
+                                  "another job holds them"), lines

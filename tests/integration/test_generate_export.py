@@ -250,6 +250,11 @@ def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_export_an
         assert err.count("\n") == 1 and str(foreign) in err, err
         assert ("is not empty" in err and "--force" in err) if not force else "files no export wrote" in err
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    # a directory nothing can be written in (a read-only file system refuses root too): one line, not a traceback
+    assert main([*export, "/sys/raylora-export"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("raylora export: /sys cannot be written (") and err.count("\n") == 1, err
+    assert err.endswith("): export to a directory you can write\n")
 
     earlier = tmp_path / "earlier"
     assert main([*export, str(earlier)]) == EXIT_OK

@@ -239,7 +239,7 @@ def test_a_job_that_fails_reports_its_error_and_exits_1(head, small_data, tiny_m
     job_id = submitted_id(out)
     assert code == EXIT_FAILURE
     assert f"job {job_id} FAILED: " in err
-    assert f"cannot open data source {tmp_path / 'absent.jsonl'}: no such file" in err
+    assert f"data.sources[0].path={tmp_path / 'absent.jsonl'} does not exist" in err
 
     code, out, _ = raylora("jobs", "--address", head.address, "status", job_id)
     assert code == EXIT_OK and out.startswith(f"{job_id}  FAILED  run fails\n")
