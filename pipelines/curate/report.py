@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pipelines.curate.raydata import scan
@@ -31,3 +32,16 @@ def format_report(read: int, kept: int, dropped_by_reason: dict[str, int], examp
                      f"rows; e.g. {shown}); every row is kept apart by its key <file>:<line>, and dedup compares "
                      "content, not ids")
     return "\n".join(lines)
+
+
+def source_warnings(per_source: dict[str, dict[str, int]], dropped: Mapping[tuple[str, ...], int]) -> list[str]:
+    """One line for each source that gave nothing: empty, or every row dropped (its commonest reason named)."""
+    lines = []
+    for source, counts in per_source.items():
+        if counts["read"] == 0:
+            lines.append(f"warning: source {source} holds no rows: check its data.sources[].path")
+        elif counts["kept"] == 0:
+            reason = max(((n, r) for (src, r), n in dropped.items() if src == source), default=(0, "?"))[1]
+            lines.append(f"warning: source {source}: all {counts['read']} rows were dropped, most as {reason}: "
+                         "check the file and its data.sources[].format")
+    return lines

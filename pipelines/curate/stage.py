@@ -68,7 +68,7 @@ from pipelines.curate.raydata import (
 )
 from pipelines.curate.readers import chunk_items, plan_chunks, read_chunk_batch, source_name
 from pipelines.curate.reasons import KEPT
-from pipelines.curate.report import drop_examples, format_report
+from pipelines.curate.report import drop_examples, format_report, source_warnings
 from pipelines.curate.select import diversity_split, over_quota, quality_split
 from pipelines.curate.split import (
     CHAT,
@@ -223,18 +223,6 @@ def curate(cfg: RayloraConfig, *, quiet: bool = False, verbose: bool = False,
             print(line)
     return manifest
 
-
-def source_warnings(per_source: dict[str, dict[str, int]], dropped: Counter[tuple[str, ...]]) -> list[str]:
-    """One line for each source that gave nothing: empty, or every row dropped (its commonest reason named)."""
-    lines = []
-    for source, counts in per_source.items():
-        if counts["read"] == 0:
-            lines.append(f"warning: source {source} holds no rows: check its data.sources[].path")
-        elif counts["kept"] == 0:
-            reason = max(((n, r) for (src, r), n in dropped.items() if src == source), default=(0, "?"))[1]
-            lines.append(f"warning: source {source}: all {counts['read']} rows were dropped, most as {reason}: "
-                         "check the file and its data.sources[].format")
-    return lines
 
 
 @contextmanager
