@@ -3,10 +3,10 @@
 Ray queues a placement group it cannot place and waits for it forever, saying nothing: asked for 4 workers on
 2 CPUs, `raylora train` would print its start line and hang. So before a Train run or a search starts:
 
-- impossible (no autoscaler, and the cluster's nodes can never hold the workers): exit 2 with one line naming
-  the numbers and the keys to change;
-- possible but not now (busy, or an autoscaler may add nodes): go on, and while any of this process's placement
-  groups waits, say every ``WAIT_LINE_EVERY_S`` seconds what it waits for.
+- impossible (the local cluster this process started, whose nodes can never hold the workers): exit 2 with one
+  line naming the numbers and the keys to change;
+- possible but not now (busy, or a joined cluster whose autoscaler may add nodes): go on, and while a placement
+  group waits, say every ``WAIT_LINE_EVERY_S`` seconds what it waits for.
 """
 
 from __future__ import annotations
@@ -37,32 +37,19 @@ def alive_nodes() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
 
-def autoscales() -> bool:
-    """Whether an autoscaler may add nodes to this cluster: autoscaler v2 runs, or v1's monitor runs with an
-    autoscaling config. A cluster without one (``ray.init()``, ``ray start`` by hand) still runs v1's monitor,
-    read-only: it names every node type after a node's id (``node_<id>``), which is how it is told apart."""
-    import json
+def started_here(cfg: RayloraConfig) -> bool:
+    """Whether this process's cluster is the local one ``ensure_ray`` starts (no ``cluster.address``, no
+    ``RAY_ADDRESS``): its nodes are all it will ever have. A joined cluster may have an autoscaler, which Ray's
+    public API does not tell, so raylora refuses nothing there and says what a run waits for instead."""
+    import os
 
-    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
-    from ray.autoscaler.v2.utils import is_autoscaler_v2
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    try:
-        if is_autoscaler_v2(fetch_from_server=True):
-            return True
-        status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
-    except Exception:  # a Ray Client connection (ray://) has no GCS client: unknown, so refuse nothing
-        return True
-    if status is None:
-        return False
-    mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {}
-    return not all(node_type == f"node_{node_id}" for node_id, node_type in mapping.items())
+    return cfg.cluster.address is None and not os.environ.get("RAY_ADDRESS")
 
 
 def check_resources(cfg: RayloraConfig, what: str, extra: dict[str, float] | None = None) -> None:
     """Refuse (ConfigError, exit 2) a run whose ``cluster.num_workers`` workers, plus ``extra`` beside them (a
     search trial's own actor), can never be placed on the cluster's nodes as they are."""
-    if autoscales():
+    if not started_here(cfg):
         return
     nodes, bundle, count = alive_nodes(), worker_bundle(cfg), cfg.cluster.num_workers
     asked = {key: count * amount + (extra or {}).get(key, 0.0) for key, amount in bundle.items()}
@@ -76,7 +63,7 @@ def check_resources(cfg: RayloraConfig, what: str, extra: dict[str, float] | Non
                               f"{largest:g}): {FIX}")
     short = [f"{asked[key]:g} {key} (the cluster has {have[key]:g})" for key in asked if asked[key] > have[key] + 1e-9]
     if short:
-        raise ConfigError(f"{ask}: {', '.join(short)} in all, on {len(nodes)} node(s) with no autoscaler: {FIX}")
+        raise ConfigError(f"{ask}: {', '.join(short)} in all, on {len(nodes)} node(s): {FIX}")
     if cfg.cluster.placement_strategy == "STRICT_SPREAD":
         hosts = sum(all(node.get(key, 0.0) >= amount for key, amount in bundle.items()) for node in nodes)
         if hosts < count:
@@ -116,7 +103,7 @@ def waiting_lines(every_s: float = WAIT_LINE_EVERY_S) -> Iterator[None]:
             free = ray.available_resources()
             print(f"raylora: waiting {waited:.0f}s for the cluster to place {len(asked)} worker(s): "
                 + ", ".join(f"{v:g} {k} (free now {free.get(k, 0.0):g})" for k, v in total.items())
-                + ("; an autoscaler may add nodes" if autoscales() else "; another job holds them"), flush=True)
+                + "; another job holds them, or an autoscaler is adding nodes", flush=True)
 
     thread = threading.Thread(target=watch, name="raylora-resource-wait", daemon=True)
     thread.start()
