@@ -39,10 +39,11 @@ from pipelines.config import RayloraConfig
 from pipelines.curate.chain import chain_spec, filter_batch
 from pipelines.curate.dedup import dedup_spec, find_duplicates, keeper_order, shingles
 from pipelines.curate.kept_rows import key_matrix
+from pipelines.curate.phase_rows import DROPPED_SCHEMA
 from pipelines.curate.readers import chunk_items, plan_chunks, read_chunk_batch
 from pipelines.curate.reasons import KEPT
 from pipelines.curate.split import ROW_DIGEST, SPLIT_KEY, digest_hash, eval_cutoff, is_eval, output_tables
-from pipelines.curate.stage import DROPPED_SCHEMA, PHASES, curate
+from pipelines.curate.stage import PHASES, curate
 from pipelines.demo import sample_data
 
 FORMATS = sample_data.FORMATS

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import RayloraConfig
 from pipelines.curate.chain import filter_chain, load_eval_index
-from pipelines.curate.filters import Messages, first_failures, length_model, token_limit
+from pipelines.curate.filters import Messages, first_failures
 from pipelines.curate.formats import MalformedRecord, canonical_row, parse_line
 from pipelines.curate.reasons import (
     CLASSIFIED_REFUSAL,
@@ -40,6 +40,7 @@ from pipelines.curate.reasons import (
     UNRELATED_ANSWER,
 )
 from pipelines.curate.stage import curate
+from pipelines.curate.token_count import length_model, token_limit
 from pipelines.demo import sample_data
 
 LABELLED_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "curation_quality" / "labelled.jsonl"

@@ -16,14 +16,7 @@ from pipelines.curate.dedup import (
     DedupSpec,
     dedup_keys,
 )
-from pipelines.curate.filters import (
-    Filter,
-    build_filters,
-    chat_token_counter,
-    first_failures,
-    length_model,
-    token_limit,
-)
+from pipelines.curate.filters import Filter, build_filters, first_failures
 from pipelines.curate.reasons import KEPT
 from pipelines.curate.split import (
     CHAT,
@@ -34,6 +27,7 @@ from pipelines.curate.split import (
     row_digest,
     split_keys,
 )
+from pipelines.curate.token_count import chat_token_counter, length_model, token_limit
 from pipelines.errors import StageError
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from pipelines.curate.formats import (
     parse_json,
     parse_line,
 )
+from pipelines.curate.json_items import array_items, broken_layout
 from pipelines.errors import StageError
 
 HF_PREFIX = "hf://"
@@ -220,7 +220,7 @@ def _json_rows(data: bytes, chunk: ReadChunk) -> Iterator[dict]:
     try:
         document = parse_json(text)
     except MalformedRecord as err:
-        layout = _broken_layout(text)
+        layout = broken_layout(text)
         if layout == "lines":
             yield from _jsonl_rows(data, 1, chunk)
         elif layout == "array":
@@ -231,78 +231,6 @@ def _json_rows(data: bytes, chunk: ReadChunk) -> Iterator[dict]:
         return
     for index, record in enumerate(document if isinstance(document, list) else [document], start=1):
         yield chunk.row(record, index)
-
-
-def _broken_layout(text: str, probe: int = 5) -> str:
-    """How a .json file that does not parse is laid out: ``lines`` when its first line is a whole value and
-    more follows, or one of its first lines is a whole record (JSON lines whose first line broke); ``array``
-    when it opens with a bracket; else ``one`` broken document. A pretty-printed document spreads every
-    record over several lines, so no line of it parses alone."""
-    lines = [line for line in itertools.islice(io.StringIO(text), 1000) if line.strip()][:probe]
-    if _is_json(lines[0]) and len(text.strip()) > len(lines[0].strip()):
-        return "lines"
-    if text.lstrip().startswith("["):
-        return "array"
-    return "lines" if any(_is_json(line, dict) for line in lines) else "one"
-
-
-def _is_json(line: str, kind: type = object) -> bool:
-    """Whether ``line`` alone is a JSON value of type ``kind``."""
-    try:
-        return isinstance(json.loads(line), kind)
-    except (ValueError, RecursionError):
-        return False
-
-
-def array_items(text: str) -> Iterator[Any]:
-    """The items of a JSON array that has syntax errors: each value that parses, and a MalformedRecord for
-    each item that does not, after which the parse skips to the next top-level comma."""
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-    while True:
-        pos = _skip_space(text, pos)
-        if pos >= len(text) or text[pos] == "]":
-            return
-        try:
-            item, pos = decoder.raw_decode(text, pos)
-            yield item
-        except (ValueError, RecursionError) as err:
-            yield MalformedRecord(f"not JSON: {err}")
-            pos = max(_item_end(text, pos), pos + 1)  # a stray closing bracket is skipped, never parsed again
-        pos = _skip_space(text, pos)
-        if pos < len(text) and text[pos] == ",":
-            pos += 1  # a missing comma is tolerated: the next value starts where this one ended
-
-
-def _skip_space(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
-
-
-def _item_end(text: str, start: int) -> int:
-    """Where a broken array item ends: the next comma or closing bracket outside strings and brackets.
-    A line break ends a string too (JSON strings hold none), so an unclosed quote loses one line, not the file."""
-    depth, in_string, pos = 0, False, start
-    while pos < len(text):
-        char = text[pos]
-        if in_string:
-            if char == "\\":
-                pos += 1
-            elif char in '"\n':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            if depth == 0:
-                return pos
-            depth -= 1
-        elif char == "," and depth == 0:
-            return pos
-        pos += 1
-    return len(text)
 
 
 def _csv_rows(data: bytes, chunk: ReadChunk) -> Iterator[dict]:

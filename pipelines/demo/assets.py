@@ -12,7 +12,7 @@ from pathlib import Path
 
 from adapters import tiny
 from pipelines.config import TINY_MODEL, RayloraConfig
-from pipelines.demo import sample_data
+from pipelines.demo import sample_data, tasks
 
 TINY_MODEL_SEED = 0  # the seed of the tiny model's pretraining corpus and build, whatever the config's seed
 PRETRAINING_EVAL_SET = "pretraining.jsonl"  # beside the sample data: the forgetting study's eval set
@@ -21,7 +21,7 @@ NARROW_TASK_SET = "narrow.jsonl"  # beside the sample data: the rank study's one
 
 def tiny_model_path(seed: int = TINY_MODEL_SEED) -> Path:
     """The tiny base model, built (about a minute on 2 cores) the first time it is asked for."""
-    return tiny.build_tiny_model(sample_data.skill_corpus(seed), seed=seed)
+    return tiny.build_tiny_model(tasks.skill_corpus(seed), seed=seed)
 
 
 def sample_data_dir(cfg: RayloraConfig) -> Path:
@@ -32,7 +32,7 @@ def build_demo_assets(cfg: RayloraConfig, n_clean: int = 2000, n_eval: int = 200
     """Write the sample data under ``<workdir>/data``, with an eval set of the tiny model's pretraining text
     (``pretraining.jsonl``) and a one-task training set (``narrow.jsonl``), and make sure the tiny model exists."""
     paths = sample_data.generate(sample_data_dir(cfg), seed=cfg.seed, n_clean=n_clean, n_eval=n_eval)
-    paths["pretraining"] = sample_data.write_pretraining_eval_set(sample_data_dir(cfg) / PRETRAINING_EVAL_SET,
+    paths["pretraining"] = tasks.write_pretraining_eval_set(sample_data_dir(cfg) / PRETRAINING_EVAL_SET,
                                                                   seed=TINY_MODEL_SEED)
     paths["narrow"] = sample_data.write_narrow_task_set(sample_data_dir(cfg) / NARROW_TASK_SET, seed=cfg.seed)
     paths["tiny_model"] = tiny_model_path()

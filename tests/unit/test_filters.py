@@ -18,7 +18,6 @@ from pipelines.curate.filters import (
     ShortAnswerFilter,
     TurnOrderFilter,
     build_filters,
-    chat_token_counter,
     first_failure,
     first_failures,
     identify_language,
@@ -42,6 +41,7 @@ from pipelines.curate.reasons import (
     UNRELATED_ANSWER,
 )
 from pipelines.curate.select import quality_score
+from pipelines.curate.token_count import chat_token_counter
 
 
 def chat(*turns):

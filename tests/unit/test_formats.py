@@ -11,7 +11,8 @@ import pytest
 
 from pipelines.config import DataSource
 from pipelines.curate.formats import MalformedRecord, canonical_row, detect_format, to_messages
-from pipelines.curate.readers import array_items, plan_chunks, read_chunk, source_name
+from pipelines.curate.json_items import array_items
+from pipelines.curate.readers import plan_chunks, read_chunk, source_name
 from pipelines.curate.reasons import KEPT, MALFORMED
 from pipelines.errors import StageError
 

@@ -17,7 +17,7 @@ from pipelines.curate.reasons import (
     REPEATED_NGRAMS,
     SHORT_ANSWER,
 )
-from pipelines.demo import sample_data
+from pipelines.demo import sample_data, tasks
 from pipelines.demo.sample_data import CLEAN, DEFECT_KINDS, generate, read_labels
 
 
@@ -146,17 +146,17 @@ def test_malformed_rows_fail_to_parse_or_break_the_schema(data):
 
 
 def test_skill_corpus_covers_every_fact():
-    corpus = sample_data.skill_corpus(0, n_lines=5000)
+    corpus = tasks.skill_corpus(0, n_lines=5000)
     text = "\n".join(corpus)
-    for country, city in sample_data.world(0).items():
+    for country, city in tasks.world(0).items():
         assert f"The capital of {country} is {city}." in text
-    assert sample_data.skill_corpus(0, n_lines=5000) == corpus
+    assert tasks.skill_corpus(0, n_lines=5000) == corpus
 
 
 def test_the_pretraining_eval_set_is_the_tiny_models_corpus_as_plain_text(tmp_path):
-    path = sample_data.write_pretraining_eval_set(tmp_path / "pretraining.jsonl", seed=0, n=50)
+    path = tasks.write_pretraining_eval_set(tmp_path / "pretraining.jsonl", seed=0, n=50)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [row["text"] for row in rows] == sample_data.skill_corpus(0)[:50]
+    assert [row["text"] for row in rows] == tasks.skill_corpus(0)[:50]
     assert all(set(row) == {"id", "text"} for row in rows)
     assert len({row["id"] for row in rows}) == 50
 
@@ -170,4 +170,4 @@ def test_the_narrow_set_is_one_task_with_distinct_items_none_in_the_eval_set(tmp
     for row in rows:
         letters = row["messages"][0]["content"].removeprefix("Reverse ").rstrip(".").split()
         assert row["messages"][1]["content"] == " ".join(reversed(letters))
-    assert not set(questions) & {task.question for task in sample_data.eval_items(0)}
+    assert not set(questions) & {task.question for task in tasks.eval_items(0)}
